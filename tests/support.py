@@ -1,0 +1,44 @@
+"""Helpers shared by the tests: waiting on conditions, never sleeping to synchronise."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def wait_until(
+    predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.01, message: str = ""
+) -> T:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(message or f"condition not met within {timeout}s: {predicate}")
+        time.sleep(interval)
+
+
+def live_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive()}
+
+
+def assert_no_new_threads(before: set[threading.Thread], timeout: float = 5.0) -> None:
+    """Every polaris thread and non-daemon thread started since ``before`` has ended."""
+
+    def leftover() -> set[threading.Thread]:
+        # Our threads are all named "polaris-..."; grpc's own daemon pollers are
+        # process-wide and not ours to stop, but no non-daemon thread may stay.
+        return {t for t in live_threads() - before if t.name.startswith("polaris") or not t.daemon}
+
+    deadline = time.monotonic() + timeout
+    while leftover():
+        if time.monotonic() >= deadline:
+            names = sorted(t.name for t in leftover())
+            raise AssertionError(f"threads left running: {names}")
+        time.sleep(0.02)
