@@ -1,0 +1,189 @@
+"""Heartbeat bookkeeping and the health checker of the embedded server.
+
+:class:`HeartbeatBook` remembers, per instance id, when it was last
+registered and when it last beat (monotonic time for the arithmetic, wall
+time for the ``internal-lastheartbeat`` metadata). It is thread-safe.
+
+:class:`HealthChecker` looks at every heartbeat-checked instance each
+``interval`` seconds and decides with :func:`decide_health`:
+
+* a healthy instance turns unhealthy when nothing (no beat, no registration)
+  was heard from it for more than 3 x TTL;
+* an unhealthy instance turns healthy at the first check after a beat that
+  is no older than 3 x TTL (a registration alone never makes it healthy).
+
+A decision is applied through a callback (the naming service), which bumps
+the revision and guards against a concurrent change by comparing revisions.
+:meth:`HealthChecker.run` is the supervised loop: an exception in a check is
+logged and the loop goes on after a backoff; it only ends when told to stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from polaris_sdk.server.store.base import InstanceRecord, Store
+
+__all__ = [
+    "DEFAULT_CHECK_INTERVAL",
+    "EXPIRE_TTL_MULTIPLE",
+    "Beat",
+    "HealthChecker",
+    "HeartbeatBook",
+    "decide_health",
+]
+
+log = logging.getLogger("polaris_sdk.server.healthcheck")
+
+DEFAULT_CHECK_INTERVAL = 0.5
+EXPIRE_TTL_MULTIPLE = 3
+_MAX_BACKOFF = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Beat:
+    """When something was last heard: monotonic seconds and unix seconds."""
+
+    monotonic: float
+    wall: float
+
+
+class HeartbeatBook:
+    """Last registration and last heartbeat of every instance id. Thread-safe."""
+
+    def __init__(
+        self,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self._monotonic = monotonic
+        self._wall = wall
+        self._lock = threading.Lock()
+        self._registered: dict[str, Beat] = {}
+        self._beats: dict[str, Beat] = {}
+
+    def now(self) -> Beat:
+        return Beat(self._monotonic(), self._wall())
+
+    def registered(self, instance_id: str) -> None:
+        with self._lock:
+            self._registered[instance_id] = self.now()
+
+    def beat(self, instance_id: str) -> None:
+        with self._lock:
+            self._beats[instance_id] = self.now()
+
+    def last_registered(self, instance_id: str) -> Beat | None:
+        with self._lock:
+            return self._registered.get(instance_id)
+
+    def last_beat(self, instance_id: str) -> Beat | None:
+        with self._lock:
+            return self._beats.get(instance_id)
+
+    def forget(self, instance_id: str) -> None:
+        with self._lock:
+            self._registered.pop(instance_id, None)
+            self._beats.pop(instance_id, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._registered.clear()
+            self._beats.clear()
+
+
+def decide_health(
+    healthy: bool, ttl: int, now: float, last_beat: float | None, last_registered: float | None
+) -> bool | None:
+    """The new health flag of an instance, or None when it stays as it is.
+
+    Times are monotonic seconds; ``ttl`` is the heartbeat TTL in seconds.
+    """
+    window = EXPIRE_TTL_MULTIPLE * ttl
+    if healthy:
+        heard = max(t for t in (last_beat, last_registered, float("-inf")) if t is not None)
+        return False if now - heard > window else None
+    if last_beat is not None and now - last_beat <= window:
+        return True
+    return None
+
+
+# (record, healthy, last beat or registration) -> applied?
+ApplyHealth = Callable[[InstanceRecord, bool, Beat | None], bool]
+
+
+class HealthChecker:
+    """Turns heartbeat-checked instances unhealthy and healthy again; see the module doc."""
+
+    def __init__(
+        self,
+        store: Store,
+        book: HeartbeatBook,
+        apply: ApplyHealth,
+        interval: float = DEFAULT_CHECK_INTERVAL,
+    ) -> None:
+        if interval <= 0:
+            raise ValueError("health_check_interval must be positive")
+        self._store = store
+        self._book = book
+        self._apply = apply
+        self.interval = interval
+
+    def check_once(self) -> int:
+        """Check every heartbeat-checked instance once; return how many changed health."""
+        changed = 0
+        for record in self._store.health_checked_instances():
+            ttl = record.heartbeat_ttl
+            if ttl is None:
+                continue
+            now = self._book.now().monotonic
+            beat = self._book.last_beat(record.id)
+            registered = self._book.last_registered(record.id)
+            if registered is None:
+                # Stored before this book existed (another plugin's data): the
+                # check starts counting from now rather than from the epoch.
+                self._book.registered(record.id)
+                registered = self._book.last_registered(record.id)
+            healthy = decide_health(
+                record.healthy,
+                ttl,
+                now,
+                beat.monotonic if beat else None,
+                registered.monotonic if registered else None,
+            )
+            if healthy is None:
+                continue
+            last_heard = beat or registered
+            if self._apply(record, healthy, last_heard):
+                changed += 1
+                log.info(
+                    "instance %s (%s/%s %s:%d) is now %s",
+                    record.id,
+                    record.namespace,
+                    record.service,
+                    record.host,
+                    record.port,
+                    "healthy" if healthy else "unhealthy",
+                )
+        return changed
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Check every ``interval`` seconds until ``stop`` is set; failures back off, not end."""
+        backoff = self.interval
+        while not stop.is_set():
+            try:
+                self.check_once()
+                backoff = self.interval
+                delay = self.interval
+            except Exception:
+                log.exception("health check failed; retrying in %.1fs", backoff)
+                delay = backoff
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)

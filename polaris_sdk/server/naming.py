@@ -1,0 +1,611 @@
+"""The naming service of the embedded server: what a registration, a heartbeat
+and a discovery mean, independent of the transport.
+
+Each public method takes a wire request (``v1.Instance``, ``v1.DiscoverRequest``,
+``v1.Client``) and a :class:`RequestContext` and returns the wire answer
+(``v1.Response`` or ``v1.DiscoverResponse``) with its ``code``; it never
+raises for a bad request and holds no gRPC or HTTP type, so every apiserver
+reuses it. The behaviour is the real server's as protocol.md describes it:
+validation codes from :mod:`polaris_sdk.validation`, SHA-1 instance ids,
+upsert keeping ``isolate`` when omitted, TTL outside (0, 60] -> 5, services
+and namespaces created on first registration, revisions, DataNoChange, the
+four forgiven heartbeats of an unknown id. A registration is applied before
+it is answered, so ``async-regis`` (queue it, answer at once) needs nothing
+more. Answers never carry a token.
+
+Thread-safe: state lives in the store plugin (atomic per call) and in small
+locked tables here. Every method returns quickly; nothing blocks on I/O.
+Answers may be shared between callers (a Discover answer is reused while the
+service's revision holds): serialize them, never modify them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
+
+from polaris_sdk import validation, wire
+from polaris_sdk.errors import ValidationError
+from polaris_sdk.server.healthcheck import Beat, HeartbeatBook
+from polaris_sdk.server.store.base import (
+    HealthCheckRecord,
+    InstanceRecord,
+    NamespaceRecord,
+    ServiceInstancesView,
+    ServiceRecord,
+    Store,
+)
+
+__all__ = [
+    "DEFAULT_NAMESPACE",
+    "DEFAULT_TTL",
+    "FORGIVEN_HEARTBEATS",
+    "LAST_HEARTBEAT_KEY",
+    "SYSTEM_NAMESPACE",
+    "NamingService",
+    "RequestContext",
+    "code_info",
+    "discover_response",
+    "instance_to_wire",
+    "response",
+]
+
+log = logging.getLogger("polaris_sdk.server.naming")
+
+DEFAULT_NAMESPACE: Final = "default"
+SYSTEM_NAMESPACE: Final = "Polaris"
+DEFAULT_TTL: Final = 5
+MAX_TTL: Final = 60
+DEFAULT_WEIGHT: Final = 100
+FORGIVEN_HEARTBEATS: Final = 4
+LAST_HEARTBEAT_KEY: Final = "internal-lastheartbeat"
+# Bounds on the tables fed by clients, so a misbehaving client cannot grow them forever.
+_MAX_UNKNOWN_BEATS: Final = 10_000
+_MAX_CLIENTS: Final = 10_000
+
+_HEARTBEAT = wire.HEALTH_CHECK_TYPE.values_by_name["HEARTBEAT"].number
+_REQ = wire.DISCOVER_REQUEST_TYPE.values_by_name
+_RESP = wire.DISCOVER_RESPONSE_TYPE.values_by_name
+_INSTANCE = _REQ["INSTANCE"].number
+_SERVICES = _REQ["SERVICES"].number
+# Rule types a real server answers from its rule caches; this server has no
+# rules, so a valid request gets success with nothing in it.
+_RULE_TYPES: Final = frozenset(
+    _REQ[name].number for name in ("ROUTING", "RATE_LIMIT", "CIRCUIT_BREAKER", "FAULT_DETECTOR")
+)
+
+_INFO: Final[dict[int, str]] = {
+    200000: "execute success",
+    200001: "discover data is no change",
+    400000: "bad request",
+    400001: "parse exception",
+    400002: "empty request",
+    400004: "invalid discover resource",
+    400103: "invalid parameter",
+    400110: "invalid namespace name",
+    400120: "invalid service name",
+    400130: "invalid instance id",
+    400131: "invalid instance host",
+    400132: "invalid instance port",
+    400136: "invalid instance protocol",
+    400137: "invalid instance version",
+    400138: "invalid instance logic set",
+    400140: "health check is not open",
+    400150: "invalid metadata",
+    400202: "not found resource",
+    401000: "unauthorized",
+    500000: "execute exception",
+}
+
+
+def code_info(code: int) -> str:
+    """The human message a real server puts next to ``code``."""
+    return _INFO.get(code) or wire.Code.name(code)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """Who sent a request, read by the apiserver from the transport's headers.
+
+    ``token`` is never shown in ``repr`` (and must never be logged).
+    """
+
+    token: str = field(default="", repr=False)
+    request_id: str = ""
+    user_agent: str = ""
+    client_address: str = ""
+    async_register: bool = False
+
+
+INTERNAL_CONTEXT: Final = RequestContext(user_agent="polaris-server")
+
+
+def _str(value: str) -> Any:
+    return wire.StringValue(value=value)
+
+
+def _time_text(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+
+
+def _new_revision() -> str:
+    return uuid.uuid4().hex
+
+
+def response(code: int, info: str = "", **fields: Any) -> Any:
+    """A ``v1.Response`` with ``code``, its message and the given message fields."""
+    return wire.Response(
+        code=wire.UInt32Value(value=code), info=_str(info or code_info(code)), **fields
+    )
+
+
+def discover_response(code: int, type_number: int, service: Any = None, info: str = "") -> Any:
+    msg = wire.DiscoverResponse(
+        code=wire.UInt32Value(value=code), info=_str(info or code_info(code)), type=type_number
+    )
+    if service is not None:
+        msg.service.CopyFrom(service)
+    return msg
+
+
+def _echo(instance: Any) -> Any:
+    """The request instance as an error answer carries it, without its token."""
+    echo = wire.Instance()
+    echo.CopyFrom(instance)
+    echo.ClearField("service_token")
+    return echo
+
+
+def _echo_service(service: Any, namespace: str | None = None) -> Any:
+    """The request service as an answer echoes it, without its token."""
+    echo = wire.Service()
+    echo.CopyFrom(service)
+    echo.ClearField("token")
+    if namespace is not None:
+        echo.namespace.value = namespace
+    return echo
+
+
+def _key_instance(record_id: str, instance: Any) -> Any:
+    """``{id, service, namespace, vpc_id, host, port}`` as a success answer carries it."""
+    key = wire.Instance(id=_str(record_id))
+    for name in ("service", "namespace", "vpc_id", "host", "port"):
+        if instance.HasField(name):
+            getattr(key, name).CopyFrom(getattr(instance, name))
+    return key
+
+
+def _failure(err: ValidationError) -> str:
+    return f"{code_info(err.code)}: {err}"
+
+
+def instance_to_wire(record: InstanceRecord) -> Any:
+    """The ``v1.Instance`` Discover returns for ``record`` (never a token)."""
+    msg = wire.Instance(
+        id=_str(record.id),
+        service=_str(record.service),
+        namespace=_str(record.namespace),
+        host=_str(record.host),
+        port=wire.UInt32Value(value=record.port),
+        protocol=_str(record.protocol),
+        version=_str(record.version),
+        priority=wire.UInt32Value(value=record.priority),
+        weight=wire.UInt32Value(value=record.weight),
+        enable_health_check=wire.BoolValue(value=record.enable_health_check),
+        healthy=wire.BoolValue(value=record.healthy),
+        isolate=wire.BoolValue(value=record.isolate),
+        logic_set=_str(record.logic_set),
+        ctime=_str(_time_text(record.ctime)),
+        mtime=_str(_time_text(record.mtime)),
+        revision=_str(record.revision),
+    )
+    if record.vpc_id:
+        msg.vpc_id.value = record.vpc_id
+    if record.health_check is not None:
+        msg.health_check.type = record.health_check.type
+        msg.health_check.heartbeat.ttl.value = record.health_check.ttl
+    if record.region or record.zone or record.campus:
+        msg.location.region.value = record.region
+        msg.location.zone.value = record.zone
+        msg.location.campus.value = record.campus
+    if record.metadata:
+        msg.metadata.update(record.metadata)
+    return msg
+
+
+def _service_to_wire(record: ServiceRecord, revision: str) -> Any:
+    msg = wire.Service(
+        name=_str(record.name), namespace=_str(record.namespace), revision=_str(revision)
+    )
+    if record.metadata:
+        msg.metadata.update(record.metadata)
+    return msg
+
+
+def _health_check(instance: Any) -> HealthCheckRecord | None:
+    """The heartbeat check a registration asks for, with the TTL rule applied."""
+    if not instance.HasField("health_check"):
+        return None
+    check = instance.health_check
+    if not (check.HasField("heartbeat") or check.type == _HEARTBEAT):
+        return None
+    if instance.HasField("enable_health_check") and not instance.enable_health_check.value:
+        return None
+    ttl = check.heartbeat.ttl.value
+    if not 0 < ttl <= MAX_TTL:
+        ttl = DEFAULT_TTL
+    return HealthCheckRecord(type=_HEARTBEAT, ttl=ttl)
+
+
+def _validate_registration(instance: Any) -> None:
+    validation.check_instance(
+        namespace=instance.namespace.value,
+        service=instance.service.value,
+        host=instance.host.value,
+        port=instance.port.value if instance.HasField("port") else None,
+        protocol=instance.protocol.value,
+        version=instance.version.value,
+        logic_set=instance.logic_set.value,
+        weight=instance.weight.value if instance.HasField("weight") else None,
+        metadata=instance.metadata,
+    )
+
+
+def _instance_key(instance: Any) -> str:
+    """The id a deregistration or heartbeat names: given, or computed from the four fields."""
+    if instance.HasField("id"):
+        validation.check_instance_id(instance.id.value)
+        return str(instance.id.value)
+    namespace = validation.check_namespace(instance.namespace.value)
+    service = validation.check_service(instance.service.value)
+    host = validation.check_host(instance.host.value)
+    port = validation.check_port(instance.port.value if instance.HasField("port") else None)
+    return validation.instance_id(namespace, service, host, port, instance.vpc_id.value)
+
+
+class _BoundedCounter:
+    """Counts per key, forgetting the least recently counted keys beyond ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._counts: OrderedDict[str, int] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def increment(self, key: str) -> int:
+        with self._lock:
+            count = self._counts.pop(key, 0) + 1
+            self._counts[key] = count
+            while len(self._counts) > self._limit:
+                self._counts.popitem(last=False)
+            return count
+
+    def reset(self, key: str) -> None:
+        with self._lock:
+            self._counts.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._counts.clear()
+
+
+class NamingService:
+    """Registration, heartbeat and discovery over a store plugin; see the module doc."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        health_check: bool = True,
+        heartbeats: HeartbeatBook | None = None,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.health_check = health_check
+        self.heartbeats = heartbeats or HeartbeatBook()
+        self._wall = wall
+        self._unknown_beats = _BoundedCounter(_MAX_UNKNOWN_BEATS)
+        self._clients: OrderedDict[str, Any] = OrderedDict()
+        self._clients_lock = threading.Lock()
+        # Last built INSTANCE answer per service, reused while the revision holds:
+        # many clients polling one service then share one message.
+        self._answers: dict[tuple[str, str], tuple[str, Any]] = {}
+        self._answers_lock = threading.Lock()
+        self.ensure_namespaces()
+
+    # ------------------------------------------------------------ lifecycle
+
+    def ensure_namespaces(self) -> None:
+        """Create the namespaces every server has: ``default`` and ``Polaris``."""
+        now = self._wall()
+        for name in (DEFAULT_NAMESPACE, SYSTEM_NAMESPACE):
+            self.store.add_namespace(NamespaceRecord(name=name, ctime=now))
+
+    def clear(self) -> None:
+        """Forget every registration, heartbeat and client; keep the built-in namespaces."""
+        self.store.clear()
+        self.heartbeats.clear()
+        self._unknown_beats.clear()
+        with self._clients_lock:
+            self._clients.clear()
+        with self._answers_lock:
+            self._answers.clear()
+        self.ensure_namespaces()
+
+    # --------------------------------------------------------- registration
+
+    def register_instance(self, instance: Any, ctx: RequestContext = INTERNAL_CONTEXT) -> Any:
+        if instance.ByteSize() == 0:
+            return response(wire.Code.EmptyRequest)
+        try:
+            _validate_registration(instance)
+        except ValidationError as err:
+            return response(err.code, _failure(err), instance=_echo(instance))
+        namespace = instance.namespace.value
+        service = instance.service.value
+        instance_id = instance.id.value or validation.instance_id(
+            namespace, service, instance.host.value, instance.port.value, instance.vpc_id.value
+        )
+        now = self._wall()
+
+        def build(old: InstanceRecord | None) -> InstanceRecord:
+            return self._record(instance_id, instance, old, now)
+
+        for _ in range(3):
+            try:
+                self._ensure_service(namespace, service, now)
+                old, _new = self.store.modify_instance(instance_id, build)
+                break
+            except LookupError:
+                continue  # cleared between creating the service and writing: create again
+        else:
+            return response(wire.Code.StoreLayerException, instance=_echo(instance))
+        self.heartbeats.registered(instance_id)
+        self._unknown_beats.reset(instance_id)
+        log.debug(
+            "%s instance %s of %s/%s at %s:%d (request %s)",
+            "updated" if old else "registered",
+            instance_id,
+            namespace,
+            service,
+            instance.host.value,
+            instance.port.value,
+            ctx.request_id or "-",
+        )
+        return response(wire.Code.ExecuteSuccess, instance=_key_instance(instance_id, instance))
+
+    def _ensure_service(self, namespace: str, service: str, now: float) -> None:
+        if self.store.get_service(namespace, service) is not None:
+            return
+        self.store.add_namespace(NamespaceRecord(name=namespace, ctime=now))
+        self.store.add_service(
+            ServiceRecord(
+                namespace=namespace,
+                name=service,
+                id=uuid.uuid4().hex,
+                revision=_new_revision(),
+                ctime=now,
+                mtime=now,
+            )
+        )
+
+    @staticmethod
+    def _record(
+        instance_id: str, msg: Any, old: InstanceRecord | None, now: float
+    ) -> InstanceRecord:
+        check = _health_check(msg)
+        if msg.HasField("isolate"):
+            isolate = msg.isolate.value
+        else:
+            isolate = old.isolate if old is not None else False
+        return InstanceRecord(
+            id=instance_id,
+            namespace=msg.namespace.value,
+            service=msg.service.value,
+            host=msg.host.value,
+            port=msg.port.value,
+            revision=_new_revision(),
+            vpc_id=msg.vpc_id.value,
+            protocol=msg.protocol.value,
+            version=msg.version.value,
+            priority=msg.priority.value,
+            weight=msg.weight.value if msg.HasField("weight") else DEFAULT_WEIGHT,
+            healthy=msg.healthy.value if msg.HasField("healthy") else True,
+            isolate=isolate,
+            enable_health_check=check is not None,
+            health_check=check,
+            logic_set=msg.logic_set.value,
+            region=msg.location.region.value,
+            zone=msg.location.zone.value,
+            campus=msg.location.campus.value,
+            metadata=dict(msg.metadata),
+            ctime=old.ctime if old is not None else now,
+            mtime=now,
+        )
+
+    def deregister_instance(self, instance: Any, ctx: RequestContext = INTERNAL_CONTEXT) -> Any:
+        if instance.ByteSize() == 0:
+            return response(wire.Code.EmptyRequest)
+        try:
+            instance_id = _instance_key(instance)
+        except ValidationError as err:
+            return response(err.code, _failure(err), instance=_echo(instance))
+        removed = self.store.delete_instance(instance_id)
+        self.heartbeats.forget(instance_id)
+        if removed is not None:
+            log.debug("deregistered instance %s (request %s)", instance_id, ctx.request_id or "-")
+        return response(wire.Code.ExecuteSuccess, instance=_key_instance(instance_id, instance))
+
+    # ------------------------------------------------------------ heartbeat
+
+    def heartbeat(self, instance: Any, ctx: RequestContext = INTERNAL_CONTEXT) -> Any:
+        """Record a beat. Any known instance gets 200000, as protocol.md says (a real
+        server answers 400141 for one registered without a heartbeat check)."""
+        if not self.health_check:
+            return response(wire.Code.HealthCheckNotOpen)
+        if instance.ByteSize() == 0:
+            return response(wire.Code.EmptyRequest)
+        try:
+            instance_id = _instance_key(instance)
+        except ValidationError as err:
+            return response(err.code, _failure(err), instance=_echo(instance))
+        key = _key_instance(instance_id, instance)
+        if self.store.get_instance(instance_id) is None:
+            # A real server forgives a few beats that overtake the registration
+            # in its cache; after that the client must register again.
+            if self._unknown_beats.increment(instance_id) <= FORGIVEN_HEARTBEATS:
+                return response(wire.Code.ExecuteSuccess, instance=key)
+            return response(wire.Code.NotFoundResource, instance=key)
+        self.heartbeats.beat(instance_id)
+        return response(wire.Code.ExecuteSuccess, instance=key)
+
+    def apply_health(self, record: InstanceRecord, healthy: bool, last_heard: Beat | None) -> bool:
+        """Set the instance's health unless it changed since ``record`` was read.
+
+        Going unhealthy records the last beat (unix seconds) in the metadata
+        under ``internal-lastheartbeat``; going healthy removes it. Either way
+        the instance gets a new revision. Returns whether anything changed.
+        """
+
+        def change(current: InstanceRecord | None) -> InstanceRecord | None:
+            if current is None or current.revision != record.revision:
+                return None
+            metadata = dict(current.metadata)
+            if healthy:
+                metadata.pop(LAST_HEARTBEAT_KEY, None)
+            else:
+                heard = last_heard.wall if last_heard else current.mtime
+                metadata[LAST_HEARTBEAT_KEY] = str(int(heard))
+            return replace(
+                current,
+                healthy=healthy,
+                metadata=metadata,
+                revision=_new_revision(),
+                mtime=self._wall(),
+            )
+
+        old, new = self.store.modify_instance(record.id, change)
+        return new is not old
+
+    # ------------------------------------------------------------- discover
+
+    def discover(
+        self, request: Any, ctx: RequestContext = INTERNAL_CONTEXT, *, only_healthy: bool = False
+    ) -> Any:
+        kind = request.type
+        if kind == _INSTANCE:
+            return self._discover_instances(request, only_healthy)
+        if kind == _SERVICES:
+            return self._discover_services(request)
+        if kind in _RULE_TYPES:
+            return self._discover_rules(request)
+        return discover_response(
+            wire.Code.InvalidDiscoverResource,
+            kind,
+            _echo_service(request.service) if request.HasField("service") else None,
+        )
+
+    def _discover_instances(self, request: Any, only_healthy: bool) -> Any:
+        if not request.HasField("service"):
+            return discover_response(wire.Code.EmptyRequest, _INSTANCE)
+        asked = request.service
+        if not asked.name.value:
+            return discover_response(wire.Code.InvalidServiceName, _INSTANCE, _echo_service(asked))
+        namespace = asked.namespace.value or DEFAULT_NAMESPACE
+        view = self.store.service_instances(namespace, asked.name.value)
+        if view is None:
+            echo = _echo_service(asked, namespace)
+            return discover_response(wire.Code.NotFoundResource, _INSTANCE, echo)
+        if asked.revision.value == view.revision:
+            echo = wire.Service(
+                name=asked.name, namespace=_str(namespace), revision=_str(view.revision)
+            )
+            return discover_response(wire.Code.DataNoChange, _INSTANCE, echo)
+        if only_healthy:
+            return self._instances_answer(view, lambda r: r.healthy and not r.isolate)
+        key = (namespace, asked.name.value)
+        with self._answers_lock:
+            cached = self._answers.get(key)
+        if cached is not None and cached[0] == view.revision:
+            return cached[1]
+        answer = self._instances_answer(view, None)
+        with self._answers_lock:
+            self._answers[key] = (view.revision, answer)
+        return answer
+
+    @staticmethod
+    def _instances_answer(
+        view: ServiceInstancesView, keep: Callable[[InstanceRecord], bool] | None
+    ) -> Any:
+        answer = discover_response(
+            wire.Code.ExecuteSuccess, _INSTANCE, _service_to_wire(view.service, view.revision)
+        )
+        answer.instances.extend(
+            instance_to_wire(r) for r in view.instances if keep is None or keep(r)
+        )
+        return answer
+
+    def _discover_services(self, request: Any) -> Any:
+        asked = request.service
+        namespace = asked.namespace.value
+        services = self.store.list_services(namespace or None)
+        digest = hashlib.sha1()
+        for svc in services:
+            digest.update(f"{svc.namespace}/{svc.name}/{svc.revision};".encode())
+        revision = digest.hexdigest()
+        echo = wire.Service(
+            name=_str(asked.name.value), namespace=_str(namespace), revision=_str(revision)
+        )
+        if asked.revision.value == revision:
+            return discover_response(wire.Code.DataNoChange, _SERVICES, echo)
+        answer = discover_response(wire.Code.ExecuteSuccess, _SERVICES, echo)
+        for svc in services:
+            item = answer.services.add(name=_str(svc.name), namespace=_str(svc.namespace))
+            item.metadata.update(svc.metadata)
+        return answer
+
+    def _discover_rules(self, request: Any) -> Any:
+        kind = request.type
+        if not request.HasField("service"):
+            return discover_response(wire.Code.EmptyRequest, kind)
+        asked = request.service
+        echo = wire.Service(name=asked.name, namespace=asked.namespace)
+        if not asked.name.value:
+            return discover_response(wire.Code.InvalidServiceName, kind, _echo_service(asked))
+        if not asked.namespace.value:
+            return discover_response(wire.Code.InvalidNamespaceName, kind, _echo_service(asked))
+        return discover_response(wire.Code.ExecuteSuccess, kind, echo)
+
+    # -------------------------------------------------------- report client
+
+    def report_client(self, client: Any, ctx: RequestContext = INTERNAL_CONTEXT) -> Any:
+        echo = wire.Client(host=client.host)
+        if client.HasField("location"):
+            echo.location.CopyFrom(client.location)
+        if client.id.value:
+            recorded = wire.Client()
+            recorded.CopyFrom(client)
+            recorded.mtime.value = _time_text(self._wall())
+            with self._clients_lock:
+                self._clients.pop(client.id.value, None)
+                self._clients[client.id.value] = recorded
+                while len(self._clients) > _MAX_CLIENTS:
+                    self._clients.popitem(last=False)
+            echo.id.CopyFrom(client.id)
+        return response(wire.Code.ExecuteSuccess, client=echo)
+
+    def clients(self) -> Mapping[str, Any]:
+        """The last report of every client that reported with an id, by id (copies)."""
+        with self._clients_lock:
+            recorded = list(self._clients.items())
+        copies = {}
+        for client_id, client in recorded:
+            copies[client_id] = wire.Client()
+            copies[client_id].CopyFrom(client)
+        return copies
