@@ -1,0 +1,147 @@
+"""SDKContext: the configuration, connector and scheduler one SDK instance shares.
+
+Contract:
+
+* A context owns one :class:`~polaris_sdk.config.Configuration`, one server
+  connector and one :class:`~polaris_sdk.scheduler.Scheduler`; the facades
+  (ProviderAPI, ConsumerAPI) and caches built on it share them.
+* ``component(name, factory)`` returns the component registered under
+  ``name``, building it with ``factory()`` the first time (once, even when
+  called from several threads at the same moment).
+* ``close()`` is idempotent and thread-safe. It closes the components in
+  reverse creation order (an exception in one is logged, the others still
+  close), then the scheduler, then the connector, and leaves no thread
+  behind. After ``close()`` starts, ``component()`` raises
+  :class:`~polaris_sdk.errors.ClosedError`.
+* Also a context manager.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any, Protocol, TypeVar
+
+from polaris_sdk.config import Configuration, load_config
+from polaris_sdk.connector import ServerConnector, create_connector
+from polaris_sdk.errors import ClosedError
+from polaris_sdk.scheduler import Scheduler
+
+__all__ = ["SDKContext"]
+
+logger = logging.getLogger("polaris_sdk.context")
+
+T = TypeVar("T")
+
+
+class _Closeable(Protocol):
+    def close(self) -> None: ...
+
+
+class SDKContext:
+    """Owns what the facades share; build one with :meth:`create`."""
+
+    def __init__(
+        self,
+        config: Configuration | None = None,
+        *,
+        connector: ServerConnector | None = None,
+    ) -> None:
+        self._config = config or Configuration()
+        self._connector = connector if connector is not None else create_connector(self._config)
+        self._scheduler = Scheduler(self._config.scheduler.workers)
+        self._lock = threading.RLock()
+        self._components: dict[str, Any] = {}
+        self._closed = False
+
+    @classmethod
+    def create(
+        cls,
+        config: str | os.PathLike[str] | Configuration | None = None,
+        *,
+        addresses: Sequence[str] | str | None = None,
+        token: str | None = None,
+        persist_dir: str | os.PathLike[str] | None = None,
+        refresh_interval: float | str | None = None,
+        **settings: Any,
+    ) -> SDKContext:
+        """A context from a file, a Configuration or the defaults, plus overrides.
+
+        With no ``config``: ``$POLARIS_CONFIG`` or ``./polaris.yaml`` if present,
+        then ``POLARIS_*`` environment variables, then the defaults
+        (``127.0.0.1:8091``). Keyword arguments win over all of them;
+        ``settings`` takes ``polaris.yaml`` keys, e.g.
+        ``**{"global.api.timeout": "2s"}``.
+        """
+        merged = load_config(
+            config,
+            addresses=list(addresses) if isinstance(addresses, tuple) else addresses,
+            token=token,
+            persist_dir=persist_dir,
+            refresh_interval=refresh_interval,
+            **settings,
+        )
+        return cls(merged)
+
+    @property
+    def config(self) -> Configuration:
+        return self._config
+
+    @property
+    def connector(self) -> ServerConnector:
+        return self._connector
+
+    @property
+    def scheduler(self) -> Scheduler:
+        return self._scheduler
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def component(self, name: str, factory: Callable[[], T]) -> T:
+        """The component called ``name``, built by ``factory()`` on first use."""
+        with self._lock:
+            if self._closed:
+                raise ClosedError("the SDKContext is closed")
+            if name not in self._components:
+                self._components[name] = factory()
+            value: T = self._components[name]
+            return value
+
+    def close(self) -> None:
+        """Close the components (newest first), the scheduler, then the connector."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            components = list(self._components.items())
+        for name, component in reversed(components):
+            close: Callable[[], None] | None = getattr(component, "close", None)
+            if close is None:
+                continue
+            try:
+                close()
+            except Exception:
+                logger.exception("closing component %s failed", name)
+        self._scheduler.close()
+        self._connector.close()
+
+    def __enter__(self) -> SDKContext:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        addresses = ",".join(self._config.server_connector.addresses)
+        return f"<SDKContext {addresses} {state}>"

@@ -1,0 +1,336 @@
+"""The one scheduler of an SDKContext: every timed piece of work runs here.
+
+Contract:
+
+* One timer thread (``polaris-timer``) keeps a heap of due times and hands
+  each due task to a small bounded pool of worker threads
+  (``polaris-worker_N``), so a slow network call delays neither the timer nor
+  tasks on the other workers. Thousands of pending timers cost one heap entry
+  each, not a thread.
+* Tasks run at or after their due time, in due-time order when they are due
+  together; tasks due at the same time may run concurrently on different
+  workers. ``call_every`` runs at a fixed rate and never overlaps itself: a
+  run that overruns its period delays the next one instead of piling up.
+* Supervised: an exception in a task is logged (``polaris_sdk.scheduler``)
+  and contained. An exception in the timer loop itself is logged and the loop
+  restarts with backoff; if the timer thread ends anyway it is started again
+  by the next scheduling call.
+* ``cancel()`` on a handle stops a task that has not started; it never
+  interrupts a running one. ``close()`` cancels every timer not yet due,
+  lets the work already handed to the workers finish (each network call has
+  its own deadline) and leaves no thread behind. Scheduling on a closed scheduler raises
+  :class:`~polaris_sdk.errors.ClosedError`.
+* All methods are thread-safe, including from inside a task.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Final
+
+from polaris_sdk.errors import ClosedError
+
+__all__ = ["PeriodicHandle", "Scheduler", "TimerHandle"]
+
+logger = logging.getLogger("polaris_sdk.scheduler")
+
+TIMER_THREAD: Final = "polaris-timer"
+WORKER_PREFIX: Final = "polaris-worker"
+_MAX_BACKOFF: Final = 5.0
+
+
+class TimerHandle:
+    """A scheduled call. ``when`` is its due time on the ``time.monotonic()`` clock."""
+
+    __slots__ = ("_args", "_cancelled", "_fn", "_in_heap", "_scheduler", "when")
+
+    def __init__(
+        self, scheduler: Scheduler, when: float, fn: Callable[..., Any], args: tuple[Any, ...]
+    ) -> None:
+        self._scheduler = scheduler
+        self.when = when
+        self._fn = fn
+        self._args = args
+        self._cancelled = False
+        self._in_heap = False
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def cancel(self) -> bool:
+        """Stop the call if it has not started; True if this call cancelled it."""
+        return self._scheduler._cancel(self)
+
+    def _run(self) -> None:
+        if self._cancelled:
+            return
+        self._cancelled = True  # a handle runs once; cancel() after this is a no-op
+        try:
+            self._fn(*self._args)
+        except Exception:
+            logger.exception("scheduled task %s failed", _describe(self._fn))
+
+    def __repr__(self) -> str:
+        state = " cancelled" if self._cancelled else ""
+        return f"<TimerHandle {_describe(self._fn)} at {self.when:.3f}{state}>"
+
+
+class PeriodicHandle:
+    """A fixed-rate repeated call started by :meth:`Scheduler.call_every`."""
+
+    __slots__ = ("_args", "_cancelled", "_current", "_fn", "_lock", "_scheduler", "interval")
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        interval: float,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+    ) -> None:
+        self._scheduler = scheduler
+        self.interval = interval
+        self._fn = fn
+        self._args = args
+        self._cancelled = False
+        self._lock = threading.Lock()
+        self._current: TimerHandle | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def cancel(self) -> bool:
+        with self._lock:
+            if self._cancelled:
+                return False
+            self._cancelled = True
+            current = self._current
+        if current is not None:
+            current.cancel()
+        return True
+
+    def _schedule(self, when: float) -> None:
+        with self._lock:
+            if self._cancelled:
+                return
+            try:
+                self._current = self._scheduler.call_at(when, self._tick, when)
+            except ClosedError:
+                self._cancelled = True
+
+    def _tick(self, due: float) -> None:
+        try:
+            self._fn(*self._args)
+        except Exception:
+            logger.exception("periodic task %s failed", _describe(self._fn))
+        # Fixed rate from the due time; after an overrun, start again from now
+        # rather than firing the missed runs back to back.
+        self._schedule(max(due + self.interval, time.monotonic()))
+
+
+def _describe(fn: Callable[..., Any]) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
+
+
+class Scheduler:
+    """Timers on one thread, work on a bounded pool; see the module docstring."""
+
+    def __init__(self, workers: int = 8) -> None:
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        self._cond = threading.Condition(threading.Lock())
+        self._heap: list[tuple[float, int, TimerHandle]] = []
+        self._seq = itertools.count()
+        self._cancelled_in_heap = 0
+        self._closed = False
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=WORKER_PREFIX)
+        self._timer: threading.Thread | None = None
+        self._restarts = 0
+        self._local = threading.local()
+
+    # ------------------------------------------------------------ public
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def pending(self) -> int:
+        """Timers waiting to become due (cancelled ones excluded)."""
+        with self._cond:
+            return len(self._heap) - self._cancelled_in_heap
+
+    @property
+    def restarts(self) -> int:
+        """How many times the timer loop was restarted after a failure."""
+        return self._restarts
+
+    def call_at(self, when: float, fn: Callable[..., Any], *args: Any) -> TimerHandle:
+        """Run ``fn(*args)`` on a worker at ``when`` (``time.monotonic()`` clock)."""
+        handle = TimerHandle(self, when, fn, args)
+        with self._cond:
+            if self._closed:
+                raise ClosedError("the scheduler is closed")
+            heapq.heappush(self._heap, (when, next(self._seq), handle))
+            handle._in_heap = True
+            if self._heap[0][2] is handle:
+                self._cond.notify()
+            self._ensure_timer()
+        return handle
+
+    def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> TimerHandle:
+        """Run ``fn(*args)`` on a worker after ``delay`` seconds."""
+        return self.call_at(time.monotonic() + max(0.0, delay), fn, *args)
+
+    def call_every(
+        self,
+        interval: float,
+        fn: Callable[..., Any],
+        *args: Any,
+        initial_delay: float | None = None,
+    ) -> PeriodicHandle:
+        """Run ``fn(*args)`` every ``interval`` seconds until cancelled.
+
+        The first run is after ``initial_delay`` (default: ``interval``).
+        """
+        if interval <= 0:
+            raise ValueError("interval must be positive")
+        periodic = PeriodicHandle(self, interval, fn, args)
+        delay = interval if initial_delay is None else max(0.0, initial_delay)
+        with self._cond:
+            if self._closed:
+                raise ClosedError("the scheduler is closed")
+        periodic._schedule(time.monotonic() + delay)
+        return periodic
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        """Run ``fn(*args)`` on a worker now; its exception is kept in the future."""
+        with self._cond:
+            if self._closed:
+                raise ClosedError("the scheduler is closed")
+            try:
+                return self._executor.submit(self._in_worker, fn, *args)
+            except RuntimeError as exc:  # the interpreter is shutting down
+                raise ClosedError(f"the scheduler cannot run more work: {exc}") from None
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Cancel pending timers, finish handed-out work and stop every thread. Idempotent."""
+        with self._cond:
+            self._closed = True
+            for _, _, handle in self._heap:
+                handle._cancelled = True
+                handle._in_heap = False
+            self._heap.clear()
+            self._cancelled_in_heap = 0
+            self._cond.notify_all()
+            timer = self._timer
+        if timer is not None and timer is not threading.current_thread():
+            timer.join(timeout)
+        # Work already handed to the workers (a deregistration, a status
+        # callback) still runs; each has its own deadline. A task that closes
+        # its own context must not join its own thread.
+        in_worker = getattr(self._local, "worker", False)
+        self._executor.shutdown(wait=not in_worker)
+
+    # ----------------------------------------------------------- internal
+
+    def _in_worker(self, fn: Callable[..., Any], *args: Any) -> Any:
+        self._local.worker = True
+        return fn(*args)
+
+    def _run_handle(self, handle: TimerHandle) -> None:
+        self._local.worker = True
+        handle._run()
+
+    def _cancel(self, handle: TimerHandle) -> bool:
+        with self._cond:
+            if handle._cancelled:
+                return False
+            handle._cancelled = True
+            if not handle._in_heap:
+                return True
+            self._cancelled_in_heap += 1
+            # Lazy deletion: rebuild when most entries are dead, so a steady
+            # stream of cancels cannot grow the heap without bound.
+            if self._cancelled_in_heap > 64 and self._cancelled_in_heap * 2 > len(self._heap):
+                for _, _, dead in self._heap:
+                    dead._in_heap = not dead._cancelled
+                self._heap = [e for e in self._heap if not e[2]._cancelled]
+                heapq.heapify(self._heap)
+                self._cancelled_in_heap = 0
+            return True
+
+    def _ensure_timer(self) -> None:
+        # Called with the lock held.
+        if self._timer is not None and self._timer.is_alive():
+            return
+        if self._timer is not None:
+            logger.warning("scheduler timer thread had stopped; starting it again")
+        self._timer = threading.Thread(target=self._supervise, name=TIMER_THREAD, daemon=True)
+        self._timer.start()
+
+    def _supervise(self) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                self._timer_loop()
+                return
+            except Exception:
+                self._restarts += 1
+                logger.exception("scheduler timer loop failed; restarting in %.2fs", backoff)
+            with self._cond:
+                if self._closed:
+                    return
+                self._cond.wait(backoff)
+                if self._closed:
+                    return
+            backoff = min(backoff * 2, _MAX_BACKOFF)
+
+    def _timer_loop(self) -> None:
+        while True:
+            due = self._next_due()
+            if due is None:
+                return
+            for handle in due:
+                self._dispatch(handle)
+
+    def _next_due(self) -> list[TimerHandle] | None:
+        """Block until some timers are due; None once closed."""
+        with self._cond:
+            while not self._closed:
+                heap = self._heap
+                while heap and heap[0][2]._cancelled:
+                    heapq.heappop(heap)[2]._in_heap = False
+                    self._cancelled_in_heap -= 1
+                if not heap:
+                    self._cond.wait()
+                    continue
+                now = time.monotonic()
+                if heap[0][0] > now:
+                    self._cond.wait(heap[0][0] - now)
+                    continue
+                due: list[TimerHandle] = []
+                while heap and heap[0][0] <= now:
+                    handle = heapq.heappop(heap)[2]
+                    handle._in_heap = False
+                    if handle._cancelled:
+                        self._cancelled_in_heap -= 1
+                    else:
+                        due.append(handle)
+                return due
+            return None
+
+    def _dispatch(self, handle: TimerHandle) -> None:
+        try:
+            self._executor.submit(self._run_handle, handle)
+        except RuntimeError:
+            # The executor refuses work only once close() or the interpreter's
+            # exit has shut it down; the task is dropped like a pending timer.
+            logger.debug("scheduler shut down; dropping %r", handle)

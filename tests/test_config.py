@@ -1,0 +1,232 @@
+"""Configuration: defaults, polaris.yaml, environment, explicit values, and errors."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from polaris_sdk import ConfigError, Configuration
+from polaris_sdk.config import (
+    KEYS,
+    ApiConfig,
+    ConsumerConfig,
+    ServerConnectorConfig,
+    load_config,
+    parse_duration,
+)
+
+YAML = """
+global:
+  serverConnector:
+    addresses:
+      - 10.0.0.1:8091
+      - 10.0.0.2:8091
+    protocol: grpc
+    connectTimeout: 500ms
+    messageTimeout: 2s
+  api:
+    timeout: 1m
+    maxRetryTimes: 5
+    retryInterval: 100ms
+consumer:
+  localCache:
+    serviceRefreshInterval: 3s
+    persistEnable: true
+    persistDir: /var/cache/polaris
+  loadbalancer:
+    type: ringHash
+provider:
+  heartbeatTtl: 10
+  deregisterOnClose: false
+"""
+
+
+@pytest.fixture
+def polaris_yaml(tmp_path: Path) -> Path:
+    path = tmp_path / "polaris.yaml"
+    path.write_text(YAML, encoding="utf-8")
+    return path
+
+
+def test_defaults_live_in_one_place() -> None:
+    config = load_config(environ={})
+    assert config == Configuration()
+    assert config.server_connector.addresses == ("127.0.0.1:8091",)
+    assert config.provider.heartbeat_ttl == 5
+    assert config.provider.deregister_on_close is True
+    assert config.consumer.service_refresh_interval == 2.0
+    assert config.consumer.persist_enable is False
+    assert config.consumer.persist_dir is None
+    assert config.consumer.push_empty_protection is True
+    assert config.consumer.default_lb_policy == "weightedRandom"
+    assert 0 < config.consumer.refresh_jitter < 1
+
+
+def test_polaris_yaml_uses_polaris_key_names(polaris_yaml: Path) -> None:
+    config = load_config(polaris_yaml, environ={})
+    sc = config.server_connector
+    assert sc.addresses == ("10.0.0.1:8091", "10.0.0.2:8091")
+    assert sc.connect_timeout == 0.5
+    assert sc.message_timeout == 2.0
+    assert config.api == ApiConfig(timeout=60.0, max_retry_times=5, retry_interval=0.1)
+    assert config.consumer.service_refresh_interval == 3.0
+    assert config.consumer.persist_enable is True
+    assert config.consumer.persist_dir == "/var/cache/polaris"
+    assert config.consumer.default_lb_policy == "ringHash"
+    assert config.provider.heartbeat_ttl == 10
+    assert config.provider.deregister_on_close is False
+
+
+def test_precedence_explicit_over_environment_over_file(polaris_yaml: Path) -> None:
+    env = {"POLARIS_ADDRESSES": "127.0.0.1:1, 127.0.0.1:2", "POLARIS_API_TIMEOUT": "5s"}
+    config = load_config(polaris_yaml, environ=env)
+    assert config.server_connector.addresses == ("127.0.0.1:1", "127.0.0.1:2")
+    assert config.api.timeout == 5.0
+    assert config.server_connector.connect_timeout == 0.5  # from the file
+
+    config = load_config(polaris_yaml, environ=env, addresses=["127.0.0.1:3"])
+    assert config.server_connector.addresses == ("127.0.0.1:3",)
+    assert config.api.timeout == 5.0
+
+
+def test_no_argument_reads_the_file_in_the_working_directory(
+    polaris_yaml: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(polaris_yaml.parent)
+    assert load_config(environ={}).server_connector.addresses[0] == "10.0.0.1:8091"
+
+
+def test_polaris_config_names_the_file(polaris_yaml: Path, tmp_path: Path) -> None:
+    config = load_config(environ={"POLARIS_CONFIG": str(polaris_yaml)})
+    assert config.provider.heartbeat_ttl == 10
+
+
+def test_a_configuration_object_is_explicit_and_beats_the_environment() -> None:
+    given = Configuration(api=ApiConfig(timeout=9.0))
+    config = load_config(given, environ={"POLARIS_API_TIMEOUT": "1s"}, token="t")
+    assert config.api.timeout == 9.0
+    assert config.server_connector.token == "t"
+
+
+def test_environment_variables(tmp_path: Path) -> None:
+    env = {
+        "POLARIS_TOKEN": "secret-token",
+        "POLARIS_REFRESH_INTERVAL": "250ms",
+        "POLARIS_PERSIST_DIR": str(tmp_path),
+        "POLARIS_HEARTBEAT_TTL": "3",
+        "POLARIS_MAX_RETRY_TIMES": "0",
+    }
+    config = load_config(environ=env)
+    assert config.server_connector.token == "secret-token"
+    assert config.consumer.service_refresh_interval == 0.25
+    assert config.consumer.persist_dir == str(tmp_path)
+    assert config.consumer.persist_enable is True  # naming a directory turns the backup on
+    assert config.provider.heartbeat_ttl == 3
+    assert config.api.max_retry_times == 0
+
+
+def test_shortcuts_of_create() -> None:
+    config = load_config(
+        environ={}, addresses="127.0.0.1:9,127.0.0.1:10", persist_dir="/x", refresh_interval=0.5
+    )
+    assert config.server_connector.addresses == ("127.0.0.1:9", "127.0.0.1:10")
+    assert config.consumer.persist_enable is True
+    assert config.consumer.persist_dir == "/x"
+    assert config.consumer.service_refresh_interval == 0.5
+    config = config.replace(**{"global.api.timeout": "250ms", "provider.heartbeatTtl": 2})
+    assert config.api.timeout == 0.25
+    assert config.provider.heartbeat_ttl == 2
+
+
+def test_unknown_keys_are_warned_about_and_ignored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "polaris.yaml"
+    path.write_text(
+        "global:\n  serverConnector:\n    addresses: [127.0.0.1:1]\n    bogus: 1\n"
+        "  statReporter:\n    enable: true\nconsumer:\n  localCache:\n    type: inmemory\n",
+        encoding="utf-8",
+    )
+    with caplog.at_level(logging.WARNING, logger="polaris_sdk.config"):
+        config = load_config(path, environ={})
+    assert config.server_connector.addresses == ("127.0.0.1:1",)
+    warned = caplog.text
+    for key in (
+        "global.serverConnector.bogus",
+        "global.statReporter",
+        "consumer.localCache.type",
+    ):
+        assert key in warned
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("global.api.timeout", "soon", "duration"),
+        ("global.api.timeout", "-1s", "duration"),
+        ("global.api.timeout", "0s", "> 0"),
+        ("global.serverConnector.connectTimeout", True, "duration"),
+        ("global.serverConnector.addresses", "no-port", "host:port"),
+        ("global.serverConnector.addresses", "h:99999", "host:port"),
+        ("global.serverConnector.addresses", [], "at least one"),
+        ("global.serverConnector.protocol", "carrier-pigeon", "grpc"),
+        ("global.api.maxRetryTimes", "many", "integer"),
+        ("global.api.maxRetryTimes", -1, "integer from 0"),
+        ("consumer.localCache.persistEnable", "maybe", "true or false"),
+        ("consumer.localCache.refreshJitter", 2, "from 0 to 1"),
+        ("consumer.loadbalancer.type", "random", "weightedRandom"),
+        ("provider.heartbeatTtl", 61, "from 1 to 60"),
+    ],
+)
+def test_a_wrong_value_names_the_key_and_the_expected_form(
+    key: str, value: object, expected: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        Configuration().replace(**{key: value})
+    assert info.value.key == key
+    assert expected in str(info.value)
+
+
+def test_wrong_values_from_a_file_and_the_environment(tmp_path: Path) -> None:
+    path = tmp_path / "polaris.yaml"
+    path.write_text("global:\n  api:\n    timeout: fast\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"global\.api\.timeout: .*'500ms'"):
+        load_config(path, environ={})
+    with pytest.raises(ConfigError, match=r"addresses: .*\(from environment\)"):
+        load_config(environ={"POLARIS_ADDRESSES": "nonsense"})
+    path.write_text("global: [1, 2\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="YAML"):
+        load_config(path, environ={})
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml", environ={})
+
+
+def test_sections_check_values_built_in_code() -> None:
+    with pytest.raises(ConfigError, match=r"global\.serverConnector\.messageTimeout"):
+        ServerConnectorConfig(message_timeout=0)
+    with pytest.raises(ConfigError, match=r"consumer\.localCache\.serviceRefreshInterval"):
+        ConsumerConfig(service_refresh_interval=-1)
+    with pytest.raises(ConfigError, match="unknown setting"):
+        Configuration().replace(no_such_setting=1)
+
+
+def test_the_token_is_not_shown() -> None:
+    config = Configuration().replace(token="do-not-print-me")
+    assert "do-not-print-me" not in repr(config)
+
+
+def test_durations() -> None:
+    assert parse_duration("k", "500ms") == 0.5
+    assert parse_duration("k", "2s") == 2.0
+    assert parse_duration("k", "1m") == 60.0
+    assert parse_duration("k", "1h") == 3600.0
+    assert parse_duration("k", 3) == 3.0
+    assert parse_duration("k", "1.5") == 1.5
+
+
+def test_every_key_sets_a_real_field() -> None:
+    config = Configuration()
+    for key, spec in KEYS.items():
+        assert hasattr(getattr(config, spec.section), spec.name), key

@@ -1,0 +1,226 @@
+"""The scheduler: ordering, cancelling, fixed-rate repeats, supervision, closing."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from polaris_sdk import ClosedError
+from polaris_sdk.scheduler import Scheduler
+from tests.support import wait_until
+
+
+@pytest.fixture
+def scheduler(no_thread_leak: None) -> Iterator[Scheduler]:
+    s = Scheduler(workers=2)
+    yield s
+    s.close()
+
+
+def test_tasks_run_in_due_order(scheduler: Scheduler) -> None:
+    ran: list[str] = []
+    done = threading.Event()
+    scheduler.call_later(0.06, lambda: (ran.append("c"), done.set()))
+    scheduler.call_later(0.02, ran.append, "a")
+    scheduler.call_later(0.04, ran.append, "b")
+    assert done.wait(5)
+    wait_until(lambda: len(ran) == 3)
+    assert ran == ["a", "b", "c"]
+
+
+def test_call_at_uses_the_monotonic_clock(scheduler: Scheduler) -> None:
+    ran = threading.Event()
+    handle = scheduler.call_at(time.monotonic() + 0.01, ran.set)
+    assert ran.wait(5)
+    assert time.monotonic() >= handle.when
+
+
+def test_a_cancelled_task_never_runs(scheduler: Scheduler) -> None:
+    ran: list[str] = []
+    handle = scheduler.call_later(0.05, ran.append, "cancelled")
+    marker = threading.Event()
+    scheduler.call_later(0.1, marker.set)
+    assert handle.cancel() is True
+    assert handle.cancel() is False
+    assert marker.wait(5)
+    assert ran == []
+    assert scheduler.pending == 0
+
+
+def test_many_cancels_do_not_grow_the_heap(scheduler: Scheduler) -> None:
+    for _ in range(1000):
+        scheduler.call_later(60, lambda: None).cancel()
+    assert scheduler.pending == 0
+    assert len(scheduler._heap) < 200  # dead entries are compacted away
+
+
+def test_call_every_is_fixed_rate_and_stops_on_cancel(scheduler: Scheduler) -> None:
+    runs: list[float] = []
+    periodic = scheduler.call_every(0.02, lambda: runs.append(time.monotonic()))
+    wait_until(lambda: len(runs) >= 5)
+    periodic.cancel()
+    count = len(runs)
+    marker = threading.Event()
+    scheduler.call_later(0.1, marker.set)
+    assert marker.wait(5)
+    assert len(runs) in (count, count + 1)  # at most the run already under way
+
+
+def test_call_every_never_overlaps_itself(scheduler: Scheduler) -> None:
+    active = 0
+    overlaps = 0
+    runs = 0
+    lock = threading.Lock()
+
+    def slow() -> None:
+        nonlocal active, overlaps, runs
+        with lock:
+            active += 1
+            overlaps += active > 1
+        time.sleep(0.03)  # the task overruns its 10 ms period on purpose
+        with lock:
+            active -= 1
+            runs += 1
+
+    periodic = scheduler.call_every(0.01, slow, initial_delay=0)
+    wait_until(lambda: runs >= 4)
+    periodic.cancel()
+    assert overlaps == 0
+
+
+def test_an_exception_in_a_task_is_logged_and_contained(
+    scheduler: Scheduler, caplog: pytest.LogCaptureFixture
+) -> None:
+    def boom() -> None:
+        raise RuntimeError("task failure")
+
+    after = threading.Event()
+    with caplog.at_level(logging.ERROR, logger="polaris_sdk.scheduler"):
+        scheduler.call_later(0, boom)
+        scheduler.call_later(0.02, after.set)
+        assert after.wait(5)
+    assert "task failure" in caplog.text
+
+
+def test_a_failing_periodic_task_keeps_its_schedule(scheduler: Scheduler) -> None:
+    calls = 0
+
+    def flaky() -> None:
+        nonlocal calls
+        calls += 1
+        raise ValueError("every time")
+
+    periodic = scheduler.call_every(0.01, flaky)
+    wait_until(lambda: calls >= 3)
+    periodic.cancel()
+
+
+def test_a_slow_task_does_not_delay_other_timers(scheduler: Scheduler) -> None:
+    release = threading.Event()
+    other = threading.Event()
+    scheduler.call_later(0, release.wait, 10)
+    scheduler.call_later(0.01, other.set)
+    try:
+        assert other.wait(5)  # ran on the second worker while the first is blocked
+    finally:
+        release.set()
+
+
+def test_the_timer_loop_restarts_after_a_failure(
+    scheduler: Scheduler, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    real_dispatch = scheduler._dispatch
+    failed = threading.Event()
+
+    def dispatch_failing_once(handle: object) -> None:
+        if not failed.is_set():
+            failed.set()
+            raise RuntimeError("injected timer fault")
+        real_dispatch(handle)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(scheduler, "_dispatch", dispatch_failing_once)
+    ran = threading.Event()
+    with caplog.at_level(logging.ERROR, logger="polaris_sdk.scheduler"):
+        scheduler.call_later(0, lambda: None)
+        assert failed.wait(5)
+        scheduler.call_later(0, ran.set)
+        assert ran.wait(5)
+    assert scheduler.restarts == 1
+    assert "injected timer fault" in caplog.text
+
+
+def test_a_dead_timer_thread_is_started_again(scheduler: Scheduler) -> None:
+    first = threading.Event()
+    scheduler.call_later(0, first.set)
+    assert first.wait(5)
+    timer = scheduler._timer
+    assert timer is not None
+    # Simulate the thread ending (as an uncaught BaseException would) by
+    # closing its loop from the inside, then reopening the scheduler state.
+    with scheduler._cond:
+        scheduler._closed = True
+        scheduler._cond.notify_all()
+    timer.join(5)
+    assert not timer.is_alive()
+    with scheduler._cond:
+        scheduler._closed = False
+    again = threading.Event()
+    scheduler.call_later(0, again.set)
+    assert again.wait(5)
+    assert scheduler._timer is not timer
+
+
+def test_submit_runs_now_on_a_worker(scheduler: Scheduler) -> None:
+    future = scheduler.submit(lambda x: (x * 2, threading.current_thread().name), 21)
+    value, thread_name = future.result(5)
+    assert value == 42
+    assert thread_name.startswith("polaris-worker")
+
+
+def test_threads_are_named_polaris(scheduler: Scheduler) -> None:
+    seen = threading.Event()
+    names: list[str] = []
+    scheduler.call_later(0, lambda: (names.append(threading.current_thread().name), seen.set()))
+    assert seen.wait(5)
+    assert names[0].startswith("polaris-worker")
+    assert scheduler._timer is not None and scheduler._timer.name == "polaris-timer"
+
+
+def test_close_cancels_pending_work_and_stops_every_thread(no_thread_leak: None) -> None:
+    s = Scheduler(workers=3)
+    ran: list[int] = []
+    for i in range(100):
+        s.call_later(30, ran.append, i)
+    s.submit(lambda: None).result(5)
+    s.close()
+    s.close()  # idempotent
+    assert s.closed
+    assert ran == []
+    with pytest.raises(ClosedError):
+        s.call_later(0, ran.append, 1)
+    with pytest.raises(ClosedError):
+        s.submit(ran.append, 1)
+    with pytest.raises(ClosedError):
+        s.call_every(1, ran.append, 1)
+
+
+def test_close_from_inside_a_task_does_not_deadlock(no_thread_leak: None) -> None:
+    s = Scheduler(workers=1)
+    closed = threading.Event()
+
+    def close_me() -> None:
+        s.close()
+        closed.set()
+
+    s.call_later(0, close_me)
+    assert closed.wait(5)
+    assert s.closed
+
+
+def test_workers_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        Scheduler(workers=0)
