@@ -3,6 +3,9 @@
 The public API is re-exported here; ``__all__`` lists it.
 """
 
+from polaris_sdk.config import Configuration
+from polaris_sdk.consumer import ConnectionState, ConsumerAPI
+from polaris_sdk.context import SDKContext
 from polaris_sdk.errors import (
     AuthError,
     BadRequestError,
@@ -30,6 +33,7 @@ from polaris_sdk.model import (
     ServiceKey,
     WatchServiceRequest,
 )
+from polaris_sdk.provider import ProviderAPI
 
 __version__ = "0.1.0.dev0"
 
@@ -38,6 +42,9 @@ __all__ = [
     "BadRequestError",
     "ClosedError",
     "ConfigError",
+    "Configuration",
+    "ConnectionState",
+    "ConsumerAPI",
     "GetAllInstancesRequest",
     "GetInstancesRequest",
     "GetOneInstanceRequest",
@@ -50,7 +57,9 @@ __all__ = [
     "NetworkError",
     "PolarisError",
     "PolarisTimeoutError",
+    "ProviderAPI",
     "ResourceNotFoundError",
+    "SDKContext",
     "ServerError",
     "ServiceChangeEvent",
     "ServiceInstances",

@@ -1,0 +1,34 @@
+"""The consumer's local cache of service instances, in the client-go informer split.
+
+:mod:`~polaris_sdk.cache.listwatch` (list = one Discover, watch = Discover
+with the held revision) feeds :mod:`~polaris_sdk.cache.reflector` (the
+list-then-watch loop with backoff and a CONNECTED / SUSPENDED / LOST state),
+which writes through :mod:`~polaris_sdk.cache.informer` (diffs into events,
+one mailbox per listener, see :mod:`~polaris_sdk.cache.dispatch`) into
+:mod:`~polaris_sdk.cache.store` (immutable snapshots plus what selection
+derives from them), backed up on disk by :mod:`~polaris_sdk.cache.persist`.
+:class:`ServiceCache` ties them together for one SDKContext.
+"""
+
+from polaris_sdk.cache.informer import diff, initial_event
+from polaris_sdk.cache.listwatch import InstanceLister, ListerWatcher
+from polaris_sdk.cache.options import CacheOptions
+from polaris_sdk.cache.persist import DiskBackup
+from polaris_sdk.cache.reflector import ConnectionState, Reflector
+from polaris_sdk.cache.service_cache import ServiceCache, StateListener
+from polaris_sdk.cache.store import Entry, Store
+
+__all__ = [
+    "CacheOptions",
+    "ConnectionState",
+    "DiskBackup",
+    "Entry",
+    "InstanceLister",
+    "ListerWatcher",
+    "Reflector",
+    "ServiceCache",
+    "StateListener",
+    "Store",
+    "diff",
+    "initial_event",
+]

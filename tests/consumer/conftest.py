@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from polaris_sdk import ConsumerAPI, ProviderAPI, SDKContext
+from polaris_sdk.server import PolarisServer
+
+REFRESH = 0.2
+"""The refresh interval of the consumer tests: short, so changes arrive fast."""
+
+
+@pytest.fixture
+def server(no_thread_leak: None) -> Iterator[PolarisServer]:
+    """A running embedded server on a free loopback port."""
+    with PolarisServer(grpc_port=0, health_check_interval=0.1) as running:
+        yield running
+
+
+@pytest.fixture
+def make_context(server: PolarisServer) -> Iterator[Callable[..., SDKContext]]:
+    """Contexts on ``server`` (closed after the test), with a short refresh interval."""
+    made: list[SDKContext] = []
+
+    def make(**settings: Any) -> SDKContext:
+        settings.setdefault("refresh_interval", REFRESH)
+        settings.setdefault("global.api.timeout", "1s")
+        ctx = SDKContext.create(addresses=[server.grpc_address], **settings)
+        made.append(ctx)
+        return ctx
+
+    yield make
+    for ctx in reversed(made):
+        ctx.close()
+
+
+@pytest.fixture
+def ctx(make_context: Callable[..., SDKContext]) -> SDKContext:
+    return make_context()
+
+
+@pytest.fixture
+def consumer(ctx: SDKContext) -> ConsumerAPI:
+    return ConsumerAPI(ctx)
+
+
+@pytest.fixture
+def provider(ctx: SDKContext) -> ProviderAPI:
+    return ProviderAPI(ctx)
