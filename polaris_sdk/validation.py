@@ -112,8 +112,6 @@ def check_metadata(metadata: Mapping[str, str] | None) -> None:
     for key, value in metadata.items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise ValidationError("metadata", "keys and values must be strings", INVALID_METADATA)
-        if not key:
-            raise ValidationError("metadata", "keys must not be empty", INVALID_METADATA)
         if len(key) > MAX_METADATA_KEY:
             raise ValidationError(
                 "metadata", f"keys must be at most {MAX_METADATA_KEY} characters", INVALID_METADATA
