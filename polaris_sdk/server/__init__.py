@@ -4,20 +4,25 @@ Usage::
 
     from polaris_sdk.server import PolarisServer
 
-    with PolarisServer(grpc_port=0) as server:
+    with PolarisServer(grpc_port=0, http_port=0) as server:
         server.grpc_address          # "127.0.0.1:<port>", talk v1.PolarisGRPC to it
+        server.http_address          # "http://127.0.0.1:<port>", the HTTP client API
 
 A request takes the real server's path, one module per layer: apiserver
-(:mod:`.apiserver.grpc`) -> auth filter (:mod:`.auth`) -> naming service
+(:mod:`.apiserver.grpc`, :mod:`.apiserver.http`) -> auth filter (:mod:`.auth`;
+``tokens`` turns the token check on) -> naming service
 (:mod:`.naming`) -> store plugin (:mod:`.store`); the health checker
 (:mod:`.healthcheck`) flips instances unhealthy and back.
 
 Lifecycle and threads: :meth:`PolarisServer.start` starts one thread,
 ``polaris-server``, running an asyncio event loop that carries the gRPC
-server, every Discover stream and the health checker; :meth:`~PolarisServer.stop`
-drops the open streams, lets unary calls finish for ``stop_grace`` seconds and
-ends the thread. Both are idempotent and thread-safe (not callable from a
-handler). The first start fixes the port (port 0 picks a free one), so
+server, every Discover stream and the health checker; the HTTP API adds its
+accept thread ``polaris-http`` and a bounded pool of ``polaris-http-worker``
+threads. :meth:`~PolarisServer.stop` stops the HTTP API (requests being
+answered finish), drops the open streams, lets unary calls finish for
+``stop_grace`` seconds and ends every thread. With ``tls_cert`` and ``tls_key``
+both gRPC and HTTP serve TLS only. Both are idempotent and thread-safe (not callable from a
+handler). The first start fixes the ports (port 0 picks a free one), so
 stop()+start() serves on the same port again, with the data kept unless
 :meth:`~PolarisServer.clear` is called.
 
@@ -26,9 +31,16 @@ While running, the server registers itself in namespace ``Polaris`` as
 reachable host, gRPC port, protocol ``grpc``, metadata naming the ports), as
 a real deployment does for clients that bootstrap through those services.
 
+Storage: with ``data_dir`` the registrations live in SQLite
+(``data_dir/polaris.db``, :class:`~.store.SqliteStore`), without it in memory.
+:meth:`~PolarisServer.stop` closes the database and releases the directory;
+:meth:`~PolarisServer.start` opens it again and reloads what it holds, as a
+restarted process would.
+
 Fault injection for tests: :meth:`~PolarisServer.clear` wipes every
 registration; :meth:`~PolarisServer.drop_discover_streams` aborts every open
-Discover stream.
+Discover stream; ``faults.heartbeat_not_found = True`` makes every heartbeat
+answer 400202 NotFoundResource (:class:`~.naming.ServerFaults`).
 """
 
 from __future__ import annotations
@@ -38,16 +50,22 @@ import concurrent.futures
 import logging
 import os
 import socket
+import ssl
 import threading
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final
 
-from polaris_sdk import wire
+import grpc
+
+from polaris_sdk import validation, wire
 from polaris_sdk.server.apiserver.grpc import GrpcApiServer, format_address
-from polaris_sdk.server.auth import AuthFilter, Authorizer
+from polaris_sdk.server.apiserver.http import HttpApiServer, HttpOptions
+from polaris_sdk.server.auth import AuthFilter, Authorizer, TokenAuthorizer, Tokens
 from polaris_sdk.server.healthcheck import DEFAULT_CHECK_INTERVAL, HealthChecker
-from polaris_sdk.server.naming import SYSTEM_NAMESPACE, NamingService
-from polaris_sdk.server.store import MemoryStore, Store
+from polaris_sdk.server.naming import SYSTEM_NAMESPACE, NamingService, ServerFaults
+from polaris_sdk.server.store import MemoryStore, SqliteStore, Store
+from polaris_sdk.server.store.sqlite import DB_FILENAME
 
 __all__ = ["SYSTEM_SERVICES", "PolarisServer"]
 
@@ -71,6 +89,25 @@ def _is_wildcard(host: str) -> bool:
     return host in _WILDCARD_HOSTS
 
 
+@dataclass(frozen=True)
+class _Tls:
+    """The server's certificate chain and key (PEM), read at each start."""
+
+    cert: str | os.PathLike[str]
+    key: str | os.PathLike[str]
+
+    def grpc_credentials(self) -> grpc.ServerCredentials:
+        with open(self.cert, "rb") as cert, open(self.key, "rb") as key:
+            return grpc.ssl_server_credentials([(key.read(), cert.read())])
+
+    def ssl_context(self) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.set_alpn_protocols(["http/1.1"])
+        context.load_cert_chain(self.cert, self.key)
+        return context
+
+
 class _Running:
     """What exists only while the server runs: its loop, thread and servers."""
 
@@ -78,6 +115,7 @@ class _Running:
         self.loop = loop
         self.thread = thread
         self.grpc: GrpcApiServer | None = None
+        self.http: HttpApiServer | None = None
         self.stop_checker = asyncio.Event()
         self.checker_task: asyncio.Task[None] | None = None
 
@@ -86,10 +124,17 @@ class PolarisServer:
     """An embedded Polaris naming server; see the module doc.
 
     ``grpc_port`` / ``http_port``: 0 picks a free port at the first start.
-    The HTTP API comes later; ``http_port`` is kept and ``http_address`` is
-    None until then. ``data_dir`` is reserved for the persistent store plugin;
-    the memory store is used now. ``health_check=False`` makes Heartbeat answer
-    400140 HealthCheckNotOpen. ``auth`` decides who may do what (default: all).
+    ``http_options`` bounds the HTTP API (connections, body size, timeouts;
+    :class:`~.apiserver.http.HttpOptions`). ``data_dir`` keeps the data in SQLite there (created if
+    missing; see the module doc), unless a ``store`` is given. Raises
+    :class:`~.store.DataDirLockedError` when another server uses ``data_dir``.
+    ``health_check=False`` makes Heartbeat answer
+    400140 HealthCheckNotOpen. ``auth`` decides who may do what (default: all);
+    ``tokens`` is the common case of it: only these tokens may register,
+    deregister and discover, each everywhere or in some namespaces
+    (:class:`~.auth.TokenAuthorizer`; give ``auth`` or ``tokens``, not both).
+    ``tls_cert`` / ``tls_key`` (PEM files, both or neither) serve gRPC and
+    HTTP over TLS; a bad file fails :meth:`start`.
     ``advertise_host`` is the host the server registers itself with (default:
     ``host``, or this machine's address when ``host`` is a wildcard).
 
@@ -107,6 +152,10 @@ class PolarisServer:
         health_check: bool = True,
         health_check_interval: float = DEFAULT_CHECK_INTERVAL,
         auth: Authorizer | None = None,
+        tokens: Tokens | None = None,
+        tls_cert: str | os.PathLike[str] | None = None,
+        tls_key: str | os.PathLike[str] | None = None,
+        http_options: HttpOptions | None = None,
         store: Store | None = None,
         advertise_host: str | None = None,
         stop_grace: float = 1.0,
@@ -114,17 +163,27 @@ class PolarisServer:
         for name, port in (("grpc_port", grpc_port), ("http_port", http_port)):
             if not 0 <= port <= 65535:
                 raise ValueError(f"{name} must be from 0 to 65535, not {port}")
+        if auth is not None and tokens:
+            raise ValueError("give auth or tokens, not both")
+        if (tls_cert is None) != (tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
         self.host = host
-        self.http_port = http_port
+        self._http_port = http_port
+        self._http_options = http_options
+        self._tls = (
+            _Tls(tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
+        )
         self.data_dir = data_dir
         self.stop_grace = stop_grace
         self._grpc_port = grpc_port
         self._advertise_host = advertise_host or (_local_ip() if _is_wildcard(host) else host)
+        # Only the store made here is opened and closed with the server.
+        self._sqlite: SqliteStore | None = None
         if data_dir is not None and store is None:
-            log.info(
-                "data_dir %s is reserved for a persistent store; data stays in memory", data_dir
-            )
+            store = self._sqlite = SqliteStore(os.path.join(data_dir, DB_FILENAME))
         self.naming = NamingService(store or MemoryStore(), health_check=health_check)
+        if tokens:
+            auth = TokenAuthorizer(tokens)
         self._api = AuthFilter(self.naming, auth)
         self._checker = HealthChecker(
             self.naming.store,
@@ -151,9 +210,23 @@ class PolarisServer:
         return format_address(host, self._grpc_port)
 
     @property
-    def http_address(self) -> str | None:
-        """``http://host:port`` of the HTTP API; None until this server has one."""
-        return None
+    def http_port(self) -> int:
+        """The HTTP port: the bound one after the first start (0 before, if asked for 0)."""
+        return self._http_port
+
+    @property
+    def http_address(self) -> str:
+        """``http://host:port`` (``https`` with TLS) a client on this machine uses."""
+        if self._http_port == 0:
+            raise RuntimeError("the HTTP port is chosen at start(); start the server first")
+        host = "127.0.0.1" if _is_wildcard(self.host) else self.host
+        scheme = "https" if self._tls is not None else "http"
+        return f"{scheme}://{format_address(host, self._http_port)}"
+
+    @property
+    def tls(self) -> bool:
+        """Whether both APIs serve TLS."""
+        return self._tls is not None
 
     @property
     def running(self) -> bool:
@@ -166,6 +239,8 @@ class PolarisServer:
         with self._lock:
             if self._running is not None:
                 return self
+            if self._sqlite is not None:
+                self._sqlite.open()
             loop = asyncio.new_event_loop()
             ready: concurrent.futures.Future[None] = concurrent.futures.Future()
             thread = threading.Thread(
@@ -181,14 +256,32 @@ class PolarisServer:
             except BaseException:
                 loop.call_soon_threadsafe(loop.stop)
                 thread.join(timeout=_START_TIMEOUT)
+                if self._sqlite is not None:
+                    self._sqlite.close()
+                raise
+            try:
+                running.http = HttpApiServer(
+                    self._api,
+                    self.host,
+                    self._http_port,
+                    tls=self._tls.ssl_context() if self._tls is not None else None,
+                    options=self._http_options,
+                )
+                self._http_port = running.http.start()
+            except BaseException:
+                running.http = None
+                self._halt(running)
                 raise
             self._running = running
             self._register_self()
-        log.info("Polaris server listening on grpc %s", self.grpc_address)
+        log.info("Polaris server listening on grpc %s and %s", self.grpc_address, self.http_address)
         return self
 
     def stop(self) -> None:
-        """Stop serving and end the server thread (no-op when stopped). Data is kept."""
+        """Stop serving and end the server thread (no-op when stopped). Data is kept.
+
+        With ``data_dir``, the database is closed and the directory released.
+        """
         with self._lock:
             running, self._running = self._running, None
             if running is None:
@@ -197,15 +290,27 @@ class PolarisServer:
                 self._running = running
                 raise RuntimeError("stop() cannot be called from the server's own thread")
             self._deregister_self()
-            try:
-                future = asyncio.run_coroutine_threadsafe(self._stop_serving(running), running.loop)
-                future.result(timeout=self.stop_grace + _START_TIMEOUT)
-            except Exception:
-                log.exception("error while stopping the server")
-            finally:
-                running.loop.call_soon_threadsafe(running.loop.stop)
-                running.thread.join(timeout=_START_TIMEOUT)
-        log.info("Polaris server on grpc port %d stopped", self._grpc_port)
+            self._halt(running)
+        log.info(
+            "Polaris server on grpc port %d and http port %d stopped",
+            self._grpc_port,
+            self._http_port,
+        )
+
+    def _halt(self, running: _Running) -> None:
+        """Stop the APIs, the loop and its thread, and close the store."""
+        try:
+            if running.http is not None:
+                running.http.stop()
+            future = asyncio.run_coroutine_threadsafe(self._stop_serving(running), running.loop)
+            future.result(timeout=self.stop_grace + _START_TIMEOUT)
+        except Exception:
+            log.exception("error while stopping the server")
+        finally:
+            running.loop.call_soon_threadsafe(running.loop.stop)
+            running.thread.join(timeout=_START_TIMEOUT)
+            if self._sqlite is not None:
+                self._sqlite.close()
 
     def _serve(
         self, loop: asyncio.AbstractEventLoop, ready: concurrent.futures.Future[None]
@@ -235,7 +340,8 @@ class PolarisServer:
         self, running: _Running, ready: concurrent.futures.Future[None]
     ) -> None:
         try:
-            grpc_server = GrpcApiServer(self._api, self.host, self._grpc_port)
+            credentials = self._tls.grpc_credentials() if self._tls is not None else None
+            grpc_server = GrpcApiServer(self._api, self.host, self._grpc_port, credentials)
             self._grpc_port = await grpc_server.start()
             running.grpc = grpc_server
             running.checker_task = asyncio.get_running_loop().create_task(
@@ -266,9 +372,17 @@ class PolarisServer:
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
-        return f"<PolarisServer grpc={self.host}:{self._grpc_port} {state}>"
+        return (
+            f"<PolarisServer grpc={self.host}:{self._grpc_port} "
+            f"http={self.host}:{self._http_port} {state}>"
+        )
 
     # ------------------------------------------------------ fault injection
+
+    @property
+    def faults(self) -> ServerFaults:
+        """Switches for injected faults (see :class:`~.naming.ServerFaults`)."""
+        return self.naming.faults
 
     def clear(self) -> None:
         """Wipe every namespace, service, instance and heartbeat (the built-ins come back)."""
@@ -276,6 +390,12 @@ class PolarisServer:
         if self.running:
             self._register_self()
         log.info("cleared all registrations")
+
+    @property
+    def open_discover_streams(self) -> int:
+        """How many Discover streams are open now (0 when stopped)."""
+        running = self._running
+        return 0 if running is None or running.grpc is None else running.grpc.open_streams
 
     def drop_discover_streams(self) -> int:
         """Abort every open Discover stream with UNAVAILABLE; return how many were open."""
@@ -319,7 +439,9 @@ class PolarisServer:
         return instances
 
     def _register_self(self) -> None:
-        for msg in self._system_instances():
+        instances = self._system_instances()
+        self._forget_stale_self(instances)
+        for msg in instances:
             answer = self.naming.register_instance(msg)
             if answer.code.value != wire.Code.ExecuteSuccess:
                 log.warning(
@@ -328,6 +450,24 @@ class PolarisServer:
                     answer.code.value,
                     answer.info.value,
                 )
+
+    def _forget_stale_self(self, current: list[Any]) -> None:
+        """Deregister the self registrations a previous run left in a persistent store.
+
+        A run that was killed (or served another port) left instances no one
+        serves; clients bootstrapping through the system services would dial them.
+        """
+        keep = {
+            validation.instance_id(SYSTEM_NAMESPACE, m.service.value, m.host.value, m.port.value)
+            for m in current
+        }
+        for service in SYSTEM_SERVICES:
+            view = self.naming.store.service_instances(SYSTEM_NAMESPACE, service)
+            for record in view.instances if view is not None else ():
+                if record.id not in keep:
+                    self.naming.deregister_instance(
+                        wire.Instance(id=wire.StringValue(value=record.id))
+                    )
 
     def _deregister_self(self) -> None:
         for msg in self._system_instances():

@@ -1,22 +1,35 @@
 """Run the embedded Polaris server in the foreground.
 
     python -m polaris_sdk.server --grpc-port 8091 --http-port 8090 [--data-dir DIR] [--host H]
+        [--token TOKEN[:NS1,NS2] ...] [--tls-cert PEM --tls-key PEM]
 
 Logs to stderr where it listens, serves until SIGINT or SIGTERM, then stops
-cleanly and exits 0. Exits 1 when it cannot listen (e.g. the port is taken).
+cleanly and exits 0. Exits 1 when it cannot listen (e.g. the port is taken)
+or cannot open ``--data-dir`` (in use by another server, unreadable database).
+With ``--data-dir`` every acknowledged write is on disk (SQLite, WAL), so even
+``kill -9`` loses no acknowledged registration.
+
+Tokens (``--token``, repeatable, and the ``POLARIS_SERVER_TOKENS`` environment
+variable, specs separated by spaces or ``;``; both sources add up) turn the
+token check on: ``TOKEN`` may act everywhere, ``TOKEN:ns1,ns2`` only in those
+namespaces. The environment keeps tokens out of the process list. A bad spec
+exits 2. ``--tls-cert`` and ``--tls-key`` serve both APIs over TLS.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
+import sqlite3
 import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
 
 from polaris_sdk.server import PolarisServer
+from polaris_sdk.server.auth import TOKENS_ENV, parse_token_specs, split_token_specs
 from polaris_sdk.server.healthcheck import DEFAULT_CHECK_INTERVAL
 
 log = logging.getLogger("polaris_sdk.server.main")
@@ -27,8 +40,12 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m polaris_sdk.server", description="Run an embedded Polaris server."
     )
     parser.add_argument("--grpc-port", type=int, default=8091, help="gRPC port (0: any free one)")
-    parser.add_argument("--http-port", type=int, default=8090, help="HTTP port (reserved)")
-    parser.add_argument("--data-dir", default=None, help="data directory (reserved)")
+    parser.add_argument(
+        "--http-port", type=int, default=8090, help="HTTP client API port (0: any free one)"
+    )
+    parser.add_argument(
+        "--data-dir", default=None, help="keep the data in SQLite in this directory (else memory)"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument(
         "--no-health-check",
@@ -42,12 +59,36 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_CHECK_INTERVAL,
         help="seconds between health checks",
     )
+    parser.add_argument(
+        "--token",
+        dest="tokens",
+        action="append",
+        default=[],
+        metavar="TOKEN[:NS,...]",
+        help=f"accept this token (repeatable; also ${TOKENS_ENV}); :NS,... limits its namespaces",
+    )
+    parser.add_argument("--tls-cert", default=None, help="serve TLS with this certificate (PEM)")
+    parser.add_argument("--tls-key", default=None, help="the private key of --tls-cert (PEM)")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     return parser
 
 
+def _tokens(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> dict[str, frozenset[str] | None]:
+    specs = [*args.tokens, *split_token_specs(os.environ.get(TOKENS_ENV, ""))]
+    try:
+        return parse_token_specs(specs)
+    except ValueError as err:
+        parser.error(f"--token or ${TOKENS_ENV}: {err}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    tokens = _tokens(parser, args)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -61,17 +102,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    server = PolarisServer(
-        grpc_port=args.grpc_port,
-        http_port=args.http_port,
-        data_dir=args.data_dir,
-        host=args.host,
-        health_check=args.health_check,
-        health_check_interval=args.health_check_interval,
-    )
     try:
+        server = PolarisServer(
+            grpc_port=args.grpc_port,
+            http_port=args.http_port,
+            data_dir=args.data_dir,
+            host=args.host,
+            health_check=args.health_check,
+            health_check_interval=args.health_check_interval,
+            tokens=tokens or None,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+        )
         server.start()
-    except OSError as err:
+    except (OSError, sqlite3.Error) as err:
+        # A taken port, a data directory in use or an unreadable database.
         log.error("cannot start: %s", err)
         return 1
     try:

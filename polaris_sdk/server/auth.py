@@ -1,28 +1,48 @@
 """The auth filter of the embedded server: the layer between apiserver and naming.
 
-Every request passes :class:`AuthFilter` on its way from an apiserver to the
-:class:`~polaris_sdk.server.naming.NamingService`. The filter names the
-resource the request touches (action, namespace, service), picks the token
-the way a real server does (``x-polaris-token`` header, overridden by a
-non-empty ``instance.service_token`` for register/deregister and by
+Every request passes :class:`AuthFilter` on its way from an apiserver (gRPC or
+HTTP) to the :class:`~polaris_sdk.server.naming.NamingService`. The filter
+names the resource the request touches (action, namespace, service), picks
+the token the way a real server does (``x-polaris-token`` header, overridden
+by a non-empty ``instance.service_token`` for register/deregister and by
 ``service.token`` for Discover) and asks an :class:`Authorizer`. A denial is
 answered with the authorizer's code and the naming service is not called.
 
 The default :class:`AllowAll` lets everything through, as a real server
-with auth off does. A token check with namespace scopes slots in as another
-:class:`Authorizer`. Tokens are never logged.
+with auth off does. :class:`TokenAuthorizer` checks tokens, each allowed
+everywhere or limited to some namespaces:
 
-Thread-safe as long as the authorizer is; adds no blocking of its own.
+* register, deregister and discover need a known token: none at all is
+  401002 EmptyAutToken, an unknown one 401004 TokenNotExisted, a token used
+  outside its namespaces 401001 NotAllowedAccess;
+* heartbeats and client reports pass without a token, as on a real server
+  (its health check server does no auth check).
+
+A real server (``auth.option.clientOpen``) decides differently in places,
+since its tokens belong to users with strategies: a missing or undecodable
+token is 401001 in strict mode and an anonymous caller otherwise, and reads
+(Discover) pass for any verified token. The table above is the stricter,
+simpler contract of this embedded server.
+
+Tokens are never logged, never shown in a ``repr`` and compared by digest,
+so the time a check takes does not depend on how much of a token matched.
+
+Thread-safe as long as the authorizer is (both here are immutable); adds
+no blocking of its own.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
 import logging
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol, TypeAlias
 
-from polaris_sdk import wire
+from polaris_sdk import validation, wire
+from polaris_sdk.errors import ValidationError
 from polaris_sdk.server.naming import (
     DEFAULT_NAMESPACE,
     NamingService,
@@ -31,12 +51,30 @@ from polaris_sdk.server.naming import (
     response,
 )
 
-__all__ = ["Action", "AllowAll", "AuthFilter", "Authorizer", "Resource"]
+__all__ = [
+    "TOKENS_ENV",
+    "Action",
+    "AllowAll",
+    "AuthFilter",
+    "Authorizer",
+    "Resource",
+    "TokenAuthorizer",
+    "Tokens",
+    "parse_token_specs",
+    "split_token_specs",
+]
 
 log = logging.getLogger("polaris_sdk.server.auth")
 
 _SUCCESS = wire.Code.ExecuteSuccess
 _INSTANCE = wire.DISCOVER_REQUEST_TYPE.values_by_name["INSTANCE"].number
+
+TOKENS_ENV: Final = "POLARIS_SERVER_TOKENS"
+"""Environment variable with token specs for ``python -m polaris_sdk.server``."""
+
+Tokens: TypeAlias = Iterable[str] | Mapping[str, Iterable[str] | None]
+"""Tokens a server accepts: specs (``"token"`` or ``"token:ns1,ns2"``), or a
+mapping of token to the namespaces it may touch (None: every namespace)."""
 
 
 class Action(enum.Enum):
@@ -67,6 +105,96 @@ class AllowAll:
     """Allows every request: the behaviour of a server with auth off."""
 
     def authorize(self, ctx: RequestContext, resource: Resource) -> int:
+        return int(_SUCCESS)
+
+
+_SPEC_SEPARATORS: Final = re.compile(r"[\s;]+")
+# Actions a real server lets through without looking at the token.
+_OPEN_ACTIONS: Final = frozenset({Action.HEARTBEAT, Action.REPORT_CLIENT})
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+
+def split_token_specs(text: str) -> list[str]:
+    """The specs in ``text``, separated by whitespace or ``;`` (as in :data:`TOKENS_ENV`)."""
+    return [spec for spec in _SPEC_SEPARATORS.split(text) if spec]
+
+
+def parse_token_specs(specs: Iterable[str] | str) -> dict[str, frozenset[str] | None]:
+    """Token specs as the CLI and :data:`TOKENS_ENV` give them, as a token -> scope table.
+
+    A spec is ``token`` (every namespace) or ``token:ns1,ns2`` (only those
+    namespaces; a token given this way cannot itself contain ``:``). A
+    string holds several specs separated by whitespace or ``;``. Raises
+    ValueError for an empty token or an invalid namespace name.
+    """
+    if isinstance(specs, str):
+        specs = split_token_specs(specs)
+    table: dict[str, frozenset[str] | None] = {}
+    for spec in specs:
+        token, colon, names = spec.strip().partition(":")
+        namespaces = [n.strip() for n in names.split(",") if n.strip()] if colon else None
+        _merge(table, token, namespaces)
+    return table
+
+
+def _merge(
+    table: dict[str, frozenset[str] | None], token: str, namespaces: Iterable[str] | None
+) -> None:
+    if not token:
+        raise ValueError("a token must not be empty")
+    if namespaces is None:
+        table[token] = None
+        return
+    scope = frozenset(namespaces)
+    if not scope:
+        raise ValueError("a token limited to namespaces needs at least one (none: use None)")
+    for name in scope:
+        try:
+            validation.check_namespace(name)
+        except ValidationError as err:
+            raise ValueError(f"invalid namespace {name!r} in a token's scope: {err}") from None
+    old = table.get(token, frozenset())
+    # The same token given twice: its scopes add up; "everywhere" wins.
+    table[token] = None if old is None else old | scope
+
+
+class TokenAuthorizer:
+    """Accepts the given tokens, each for every namespace or for some; see the module doc."""
+
+    def __init__(self, tokens: Tokens) -> None:
+        if isinstance(tokens, Mapping):
+            table: dict[str, frozenset[str] | None] = {}
+            for token, namespaces in tokens.items():
+                _merge(table, token, namespaces)
+        else:
+            table = parse_token_specs(tokens)
+        if not table:
+            raise ValueError("TokenAuthorizer needs at least one token")
+        # Keyed by digest: a lookup's timing tells nothing about the token.
+        self._scopes: dict[bytes, frozenset[str] | None] = {
+            _digest(token): scope for token, scope in table.items()
+        }
+
+    def __len__(self) -> int:
+        return len(self._scopes)
+
+    def __repr__(self) -> str:
+        return f"<TokenAuthorizer with {len(self._scopes)} token(s)>"
+
+    def authorize(self, ctx: RequestContext, resource: Resource) -> int:
+        if resource.action in _OPEN_ACTIONS:
+            return int(_SUCCESS)
+        if not resource.token:
+            return int(wire.Code.EmptyAutToken)
+        digest = _digest(resource.token)
+        if digest not in self._scopes:
+            return int(wire.Code.TokenNotExisted)
+        scope = self._scopes[digest]
+        if scope is not None and resource.namespace not in scope:
+            return int(wire.Code.NotAllowedAccess)
         return int(_SUCCESS)
 
 

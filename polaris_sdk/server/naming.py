@@ -51,6 +51,7 @@ __all__ = [
     "SYSTEM_NAMESPACE",
     "NamingService",
     "RequestContext",
+    "ServerFaults",
     "code_info",
     "discover_response",
     "instance_to_wire",
@@ -295,6 +296,20 @@ class _BoundedCounter:
             self._counts.clear()
 
 
+@dataclass(slots=True)
+class ServerFaults:
+    """Faults a test switches on to see how clients cope (all off by default).
+
+    ``heartbeat_not_found``: every heartbeat is answered 400202
+    NotFoundResource and not recorded, as by a server that lost the instance.
+    """
+
+    heartbeat_not_found: bool = False
+
+    def reset(self) -> None:
+        self.heartbeat_not_found = False
+
+
 class NamingService:
     """Registration, heartbeat and discovery over a store plugin; see the module doc."""
 
@@ -308,6 +323,7 @@ class NamingService:
     ) -> None:
         self.store = store
         self.health_check = health_check
+        self.faults = ServerFaults()
         self.heartbeats = heartbeats or HeartbeatBook()
         self._wall = wall
         self._unknown_beats = _BoundedCounter(_MAX_UNKNOWN_BEATS)
@@ -456,6 +472,8 @@ class NamingService:
         except ValidationError as err:
             return response(err.code, _failure(err), instance=_echo(instance))
         key = _key_instance(instance_id, instance)
+        if self.faults.heartbeat_not_found:
+            return response(wire.Code.NotFoundResource, instance=key)
         if self.store.get_instance(instance_id) is None:
             # A real server forgives a few beats that overtake the registration
             # in its cache; after that the client must register again.

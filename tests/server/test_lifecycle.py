@@ -28,7 +28,8 @@ def test_port_zero_picks_a_free_port_and_the_address_uses_it(no_thread_leak: Non
         assert server.running
         assert server.grpc_port > 0
         assert server.grpc_address == f"127.0.0.1:{server.grpc_port}"
-        assert server.http_address is None
+        assert server.http_port > 0
+        assert server.http_address == f"http://127.0.0.1:{server.http_port}"
     assert not server.running
 
 

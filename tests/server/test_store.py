@@ -1,10 +1,13 @@
-"""The memory store plugin: atomic read-modify-write, cached views, service revisions."""
+"""The store contract, for every store plugin (memory and SQLite): atomic
+read-modify-write, cached views, service revisions."""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -14,16 +17,22 @@ from polaris_sdk.server.store import (
     MemoryStore,
     NamespaceRecord,
     ServiceRecord,
+    SqliteStore,
+    Store,
     service_revision,
 )
 
 
-def make_store() -> MemoryStore:
-    store = MemoryStore()
-    store.add_namespace(NamespaceRecord("default"))
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """An empty store of each plugin, with namespace ``default`` and services ``a`` and ``b``."""
+    made: Store = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "p.db")
+    made.add_namespace(NamespaceRecord("default"))
     for name in ("a", "b"):
-        store.add_service(ServiceRecord("default", name, id=name, revision="r"))
-    return store
+        made.add_service(ServiceRecord("default", name, id=name, revision="r"))
+    yield made
+    if isinstance(made, SqliteStore):
+        made.close()
 
 
 def record(iid: str = "i1", service: str = "a", revision: str = "r1") -> InstanceRecord:
@@ -38,9 +47,7 @@ def test_service_revision_is_sha1_of_sorted_revisions() -> None:
     assert service_revision(["a", "b"]) == hashlib.sha1(b"ab").hexdigest()
 
 
-def test_add_service_needs_its_namespace_and_keeps_the_first() -> None:
-    store = make_store()
-
+def test_add_service_needs_its_namespace_and_keeps_the_first(store: Store) -> None:
     with pytest.raises(LookupError):
         store.add_service(ServiceRecord("nowhere", "x", id="x", revision="r"))
     kept = store.add_service(ServiceRecord("default", "a", id="other", revision="r2"))
@@ -48,16 +55,13 @@ def test_add_service_needs_its_namespace_and_keeps_the_first() -> None:
     assert kept.id == "a"
 
 
-def test_modify_instance_needs_the_service() -> None:
-    store = make_store()
-
+def test_modify_instance_needs_the_service(store: Store) -> None:
     with pytest.raises(LookupError):
         store.modify_instance("i1", lambda old: record(service="missing"))
     assert store.get_instance("i1") is None
 
 
-def test_modify_returning_none_changes_nothing() -> None:
-    store = make_store()
+def test_modify_returning_none_changes_nothing(store: Store) -> None:
     store.modify_instance("i1", lambda old: record())
 
     old, new = store.modify_instance("i1", lambda old: None)
@@ -65,8 +69,7 @@ def test_modify_returning_none_changes_nothing() -> None:
     assert old is new is store.get_instance("i1")
 
 
-def test_view_is_cached_until_a_change_and_follows_moves() -> None:
-    store = make_store()
+def test_view_is_cached_until_a_change_and_follows_moves(store: Store) -> None:
     store.modify_instance("i1", lambda old: record())
     first = store.service_instances("default", "a")
     assert first is store.service_instances("default", "a")
@@ -82,8 +85,7 @@ def test_view_is_cached_until_a_change_and_follows_moves() -> None:
     assert moved_to.revision == service_revision(["r2"])
 
 
-def test_concurrent_read_modify_write_loses_no_update() -> None:
-    store = make_store()
+def test_concurrent_read_modify_write_loses_no_update(store: Store) -> None:
     store.modify_instance("i1", lambda old: replace(record(), weight=0))
 
     def bump(_: int) -> None:
@@ -99,8 +101,7 @@ def test_concurrent_read_modify_write_loses_no_update() -> None:
     assert current is not None and current.weight == 1600
 
 
-def test_delete_and_clear() -> None:
-    store = make_store()
+def test_delete_and_clear(store: Store) -> None:
     store.modify_instance("i1", lambda old: record())
     store.modify_instance("i2", lambda old: record("i2", revision="r2"))
 

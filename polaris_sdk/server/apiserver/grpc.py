@@ -7,6 +7,8 @@ result in ``Response.code`` / ``DiscoverResponse.code``: an unparseable
 message gets 400001 ParseException, an exception inside a handler is logged
 and answered with 500000 ExecuteException, and neither ends a Discover stream.
 
+With ``credentials`` (``grpc.ssl_server_credentials``) the port serves TLS only.
+
 Concurrency: everything runs on the one event loop that calls :meth:`start`.
 A Discover stream is a coroutine awaiting its next request, so any number of
 open streams pins no thread and never delays unary calls; the naming calls
@@ -99,16 +101,27 @@ class _Stream:
 class GrpcApiServer:
     """Serves ``v1.PolarisGRPC`` for an :class:`~polaris_sdk.server.auth.AuthFilter`."""
 
-    def __init__(self, api: AuthFilter, host: str, port: int) -> None:
+    def __init__(
+        self,
+        api: AuthFilter,
+        host: str,
+        port: int,
+        credentials: grpc.ServerCredentials | None = None,
+    ) -> None:
         self._api = api
         self._host = host
         self._port = port
+        self._credentials = credentials
         self._server: grpc.aio.Server | None = None
         self._streams: set[_Stream] = set()
 
     @property
     def port(self) -> int:
         return self._port
+
+    @property
+    def tls(self) -> bool:
+        return self._credentials is not None
 
     @property
     def open_streams(self) -> int:
@@ -208,7 +221,10 @@ class GrpcApiServer:
         )
         address = format_address(self._host, self._port)
         try:
-            port = server.add_insecure_port(address)
+            if self._credentials is None:
+                port = server.add_insecure_port(address)
+            else:
+                port = server.add_secure_port(address, self._credentials)
         except RuntimeError as err:
             raise OSError(f"cannot listen on {address}: {err}") from err
         if port == 0:

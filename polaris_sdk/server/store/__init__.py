@@ -1,4 +1,4 @@
-"""Store plugins of the embedded server: the protocol and its memory implementation."""
+"""Store plugins of the embedded server: the protocol, the memory store and the SQLite store."""
 
 from polaris_sdk.server.store.base import (
     EMPTY_REVISION,
@@ -11,15 +11,18 @@ from polaris_sdk.server.store.base import (
     service_revision,
 )
 from polaris_sdk.server.store.memory import MemoryStore
+from polaris_sdk.server.store.sqlite import DataDirLockedError, SqliteStore
 
 __all__ = [
     "EMPTY_REVISION",
+    "DataDirLockedError",
     "HealthCheckRecord",
     "InstanceRecord",
     "MemoryStore",
     "NamespaceRecord",
     "ServiceInstancesView",
     "ServiceRecord",
+    "SqliteStore",
     "Store",
     "service_revision",
 ]
