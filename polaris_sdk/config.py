@@ -18,6 +18,10 @@ Contract:
   warning and ignored, so one file can serve several SDKs. Durations are
   written ``"500ms"``, ``"2s"``, ``"1m"``, ``"1h"`` or as a bare number of
   seconds.
+* TLS: ``global.serverConnector.trustedCAFile`` / ``certFile`` / ``keyFile``
+  are polaris-java's keys; ``tlsEnable`` (a polaris_sdk extension) turns TLS
+  on with the system CAs. Paths are only checked for form here; the
+  connector reads the files when it is built.
 
 The table :data:`KEYS` lists every key, its section and field, and the
 environment variable that sets it; the README repeats it for users.
@@ -59,7 +63,7 @@ logger = logging.getLogger("polaris_sdk.config")
 DEFAULT_ADDRESS: Final = "127.0.0.1:8091"
 DEFAULT_CONFIG_FILE: Final = "polaris.yaml"
 ENV_CONFIG_FILE: Final = "POLARIS_CONFIG"
-PROTOCOLS: Final = ("grpc",)
+PROTOCOLS: Final = ("grpc", "http")
 LB_POLICIES: Final = ("weightedRandom", "ringHash", "roundRobin")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
@@ -90,14 +94,22 @@ def _check_address(key: str, address: str) -> None:
 
 # ---------------------------------------------------------------- sections
 
+_TLS_FILES: Final = (
+    ("global.serverConnector.trustedCAFile", "trusted_ca_file"),
+    ("global.serverConnector.certFile", "cert_file"),
+    ("global.serverConnector.keyFile", "key_file"),
+)
+
 
 @dataclass(frozen=True, slots=True)
 class ServerConnectorConfig:
     """How to reach the server (``global.serverConnector``)."""
 
     addresses: tuple[str, ...] = (DEFAULT_ADDRESS,)
-    """Server addresses, ``host:port``, in order of preference."""
+    """Server addresses, ``host:port``, in order of preference: the gRPC port
+    (8091) with protocol ``grpc``, the HTTP API port (8090) with ``http``."""
     protocol: str = "grpc"
+    """``grpc`` (``v1.PolarisGRPC``) or ``http`` (the HTTP client API)."""
     connect_timeout: float = 1.0
     """Seconds to wait for a connection to one address before trying the next."""
     message_timeout: float = 1.0
@@ -106,6 +118,22 @@ class ServerConnectorConfig:
     """Seconds an unreachable address is skipped before it is tried again."""
     token: str | None = field(default=None, repr=False)
     """Sent as ``x-polaris-token``; never logged or shown in ``repr``."""
+    tls_enable: bool = False
+    """Connect with TLS, verifying the server against the system CAs unless
+    ``trusted_ca_file`` names others. Naming any TLS file turns TLS on too."""
+    trusted_ca_file: str | None = None
+    """PEM file of the CAs the server certificate must chain to."""
+    cert_file: str | None = None
+    """PEM certificate this client presents (mutual TLS); needs ``key_file``."""
+    key_file: str | None = None
+    """PEM private key of ``cert_file``."""
+
+    @property
+    def tls(self) -> bool:
+        """Whether connections use TLS."""
+        return self.tls_enable or any(
+            path is not None for path in (self.trusted_ca_file, self.cert_file, self.key_file)
+        )
 
     def __post_init__(self) -> None:
         if isinstance(self.addresses, str) or not isinstance(self.addresses, Iterable):
@@ -127,6 +155,19 @@ class ServerConnectorConfig:
         _positive("global.serverConnector.failbackInterval", self.failback_interval)
         if self.token is not None and not isinstance(self.token, str):
             raise ConfigError("global.serverConnector.token", "expected a string")
+        if not isinstance(self.tls_enable, bool):
+            raise ConfigError("global.serverConnector.tlsEnable", "expected true or false")
+        for key, name in _TLS_FILES:
+            path = getattr(self, name)
+            if path is not None and not isinstance(path, str | os.PathLike):
+                raise ConfigError(key, f"expected a file path, got {path!r}")
+            if path is not None:
+                object.__setattr__(self, name, os.fspath(path))
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ConfigError(
+                "global.serverConnector.certFile",
+                "a client certificate needs its key: set certFile and keyFile together",
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,6 +394,18 @@ KEYS: Final[Mapping[str, _Key]] = {
         "server_connector", "failback_interval", parse_duration
     ),
     "global.serverConnector.token": _Key("server_connector", "token", _as_str, "POLARIS_TOKEN"),
+    "global.serverConnector.tlsEnable": _Key(
+        "server_connector", "tls_enable", _as_bool, "POLARIS_TLS_ENABLE"
+    ),
+    "global.serverConnector.trustedCAFile": _Key(
+        "server_connector", "trusted_ca_file", _as_str, "POLARIS_TLS_CA_FILE"
+    ),
+    "global.serverConnector.certFile": _Key(
+        "server_connector", "cert_file", _as_str, "POLARIS_TLS_CERT_FILE"
+    ),
+    "global.serverConnector.keyFile": _Key(
+        "server_connector", "key_file", _as_str, "POLARIS_TLS_KEY_FILE"
+    ),
     "global.api.timeout": _Key("api", "timeout", parse_duration, "POLARIS_API_TIMEOUT"),
     "global.api.maxRetryTimes": _Key("api", "max_retry_times", _as_int, "POLARIS_MAX_RETRY_TIMES"),
     "global.api.retryInterval": _Key("api", "retry_interval", parse_duration),

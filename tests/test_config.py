@@ -230,3 +230,55 @@ def test_every_key_sets_a_real_field() -> None:
     config = Configuration()
     for key, spec in KEYS.items():
         assert hasattr(getattr(config, spec.section), spec.name), key
+
+
+def test_http_protocol_and_tls_keys_from_polaris_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "polaris.yaml"
+    path.write_text(
+        "global:\n  serverConnector:\n    addresses: [10.0.0.1:8090]\n    protocol: http\n"
+        "    trustedCAFile: /etc/polaris/ca.pem\n    certFile: client.pem\n"
+        "    keyFile: client.key\n",
+        encoding="utf-8",
+    )
+    sc = load_config(path, environ={}).server_connector
+    assert sc.protocol == "http"
+    assert (sc.trusted_ca_file, sc.cert_file, sc.key_file) == (
+        "/etc/polaris/ca.pem",
+        "client.pem",
+        "client.key",
+    )
+    assert sc.tls and not sc.tls_enable  # naming a CA file is enough
+
+
+def test_tls_is_off_by_default_and_tls_enable_alone_uses_the_system_cas() -> None:
+    assert not Configuration().server_connector.tls
+    sc = Configuration().replace(**{"global.serverConnector.tlsEnable": True}).server_connector
+    assert sc.tls and sc.trusted_ca_file is None
+
+
+def test_protocol_and_tls_from_the_environment() -> None:
+    env = {
+        "POLARIS_PROTOCOL": "http",
+        "POLARIS_TLS_ENABLE": "true",
+        "POLARIS_TLS_CA_FILE": "ca.pem",
+        "POLARIS_TLS_CERT_FILE": "c.pem",
+        "POLARIS_TLS_KEY_FILE": "c.key",
+    }
+    sc = load_config(environ=env).server_connector
+    assert (sc.protocol, sc.tls_enable, sc.trusted_ca_file, sc.cert_file, sc.key_file) == (
+        "http",
+        True,
+        "ca.pem",
+        "c.pem",
+        "c.key",
+    )
+
+
+def test_a_client_certificate_needs_its_key() -> None:
+    with pytest.raises(ConfigError, match="certFile and keyFile together"):
+        Configuration().replace(**{"global.serverConnector.certFile": "c.pem"})
+    with pytest.raises(ConfigError) as info:
+        ServerConnectorConfig(key_file="c.key")
+    assert info.value.key == "global.serverConnector.certFile"
+    with pytest.raises(ConfigError, match="tlsEnable"):
+        Configuration().replace(**{"global.serverConnector.tlsEnable": "sometimes"})

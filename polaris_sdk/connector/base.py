@@ -15,8 +15,8 @@ Contract of every implementation:
 
 The flows depend on the narrowest protocol that covers what they call
 (:class:`Registrar`, :class:`HeartbeatSender`, :class:`InstanceDiscoverer`);
-:class:`ServerConnector` is the whole surface a transport (gRPC now, HTTP
-later) implements.
+:class:`ServerConnector` is the whole surface a transport (gRPC, HTTP)
+implements.
 """
 
 from __future__ import annotations

@@ -2,18 +2,22 @@
 
 Contract:
 
-* Thread-safe; one instance serves a whole SDKContext.
-* Addresses are tried in the configured order. An address that refuses
-  the connection (UNAVAILABLE), or does not answer in time before it ever
+* Thread-safe; one instance serves a whole SDKContext. The naming calls,
+  answer codes and retries are :class:`~polaris_sdk.connector.naming.
+  NamingConnector`'s; this module moves the messages.
+* Addresses are tried in the configured order
+  (:mod:`polaris_sdk.connector.failover`). An address that refuses the
+  connection (UNAVAILABLE), or does not answer in time before it ever
   answered, is skipped for ``failbackInterval`` seconds and the next one is
-  used; after that interval the earlier address is preferred again. When
-  every address is marked down they are all tried anyway, oldest failure
-  first. ``connectTimeout`` bounds each TCP connection attempt (gRPC's
-  minimum connect timeout); no thread watches the channels.
+  used; after that interval the earlier address is preferred again.
+  ``connectTimeout`` bounds each TCP connection attempt (gRPC's minimum
+  connect timeout); no thread watches the channels.
 * Every call has a deadline (``timeout`` or ``global.api.timeout``) that
   covers connecting, failover and retries; one attempt lasts at most
   ``messageTimeout``. Only retriable failures are retried
   (:mod:`polaris_sdk.connector.retry`).
+* With TLS configured (:mod:`polaris_sdk.connector.tls`) every channel is a
+  secure channel verifying the server certificate.
 * Every request carries ``request-id``, the SDK's user agent and, when a token
   is configured, ``x-polaris-token``. The token is never logged.
 * Discover calls share one bidirectional ``Discover`` stream. The server
@@ -30,21 +34,20 @@ Contract:
 from __future__ import annotations
 
 import collections
-import importlib.metadata
 import logging
 import queue
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any, Final
 
 import grpc
 
 from polaris_sdk import wire
 from polaris_sdk.config import Configuration
-from polaris_sdk.connector.retry import RetryPolicy, call_with_retry
+from polaris_sdk.connector.failover import Endpoint, Endpoints
+from polaris_sdk.connector.naming import USER_AGENT, NamingConnector, new_request_id
+from polaris_sdk.connector.tls import load_tls
 from polaris_sdk.errors import (
     ClosedError,
     NetworkError,
@@ -52,36 +55,12 @@ from polaris_sdk.errors import (
     PolarisTimeoutError,
     error_for_code,
 )
-from polaris_sdk.model import (
-    InstanceDeregisterRequest,
-    InstanceHeartbeatRequest,
-    InstanceRegisterRequest,
-    InstanceRegisterResponse,
-    ServiceInstances,
-    ServiceKey,
-    instance_key_to_wire,
-    register_request_to_wire,
-    service_instances_from_wire,
-)
-from polaris_sdk.validation import instance_id
 
 __all__ = ["GrpcConnector", "map_rpc_error"]
 
 logger = logging.getLogger("polaris_sdk.connector.grpc")
 
-
-def _sdk_version() -> str:
-    try:
-        return importlib.metadata.version("polarismesh-sdk")
-    except importlib.metadata.PackageNotFoundError:
-        return "0"
-
-
-USER_AGENT: Final = f"polaris-sdk-python/{_sdk_version()}"
 DISCOVER_THREAD: Final = "polaris-discover"
-SUCCESS: Final = 200000
-DATA_NO_CHANGE: Final = 200001
-EXISTED_RESOURCE: Final = 400201
 _STREAM_BACKOFF_MAX: Final = 5.0
 
 
@@ -125,17 +104,20 @@ def map_rpc_error(err: grpc.RpcError, address: str) -> PolarisError:
     return NetworkError(f"{address}: {code.name}: {details}")
 
 
-@dataclass(eq=False)
-class _Endpoint:
-    address: str
-    channel: grpc.Channel
-    ready: bool = False
-    down_until: float = 0.0
-    down_since: float = 0.0
-    callables: dict[str, Any] = field(default_factory=dict)
+class _Channel:
+    """One address's gRPC channel and its cached unary callables."""
+
+    def __init__(
+        self, address: str, options: Any, credentials: grpc.ChannelCredentials | None
+    ) -> None:
+        if credentials is None:
+            self.channel = grpc.insecure_channel(address, options=options)
+        else:
+            self.channel = grpc.secure_channel(address, credentials, options=options)
+        self._callables: dict[str, Any] = {}
 
     def unary(self, name: str) -> Any:
-        fn = self.callables.get(name)
+        fn = self._callables.get(name)
         if fn is None:
             method = wire.POLARIS_GRPC_METHODS[name]
             fn = self.channel.unary_unary(
@@ -143,7 +125,7 @@ class _Endpoint:
                 request_serializer=method.request.SerializeToString,
                 response_deserializer=method.response.FromString,
             )
-            self.callables[name] = fn
+            self._callables[name] = fn
         return fn
 
     def stream(self, name: str) -> Any:
@@ -155,63 +137,16 @@ class _Endpoint:
         )
 
 
-class _Endpoints:
-    """The configured addresses, their channels and which ones are down."""
+_Endpoint = Endpoint[_Channel]
 
-    def __init__(self, addresses: tuple[str, ...], connect_timeout: float, failback: float):
-        self._lock = threading.Lock()
-        self._failback = failback
-        options = _channel_options(connect_timeout)
-        self._all = [
-            _Endpoint(address, grpc.insecure_channel(address, options=options))
-            for address in addresses
-        ]
 
-    def candidates(self) -> list[_Endpoint]:
-        now = time.monotonic()
-        with self._lock:
-            up = [ep for ep in self._all if ep.down_until <= now]
-            down = sorted(
-                (ep for ep in self._all if ep.down_until > now), key=lambda e: e.down_since
-            )
-        return up + down
-
-    def mark_down(self, ep: _Endpoint, reason: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            already = ep.down_until > now
-            ep.ready = False
-            ep.down_since = now
-            ep.down_until = now + self._failback
-        if not already and len(self._all) > 1:
-            logger.warning("server %s unreachable (%s); using the next address", ep.address, reason)
-
-    def mark_up(self, ep: _Endpoint) -> None:
-        if ep.ready and not ep.down_until:
-            return
-        with self._lock:
-            ep.ready = True
-            ep.down_until = 0.0
-
-    def pick(self) -> _Endpoint:
-        """The endpoint to use now: the first preferred one that is not marked down."""
-        return self.candidates()[0]
-
-    def failed(self, ep: _Endpoint, err: grpc.RpcError | None) -> None:
-        """Mark ``ep`` down when ``err`` says it cannot be reached."""
-        code = err.code() if isinstance(err, grpc.Call) else None
-        if code is grpc.StatusCode.UNAVAILABLE:
-            self.mark_down(ep, "unavailable")
-        elif code is grpc.StatusCode.DEADLINE_EXCEEDED or err is None:
-            # Silence from an address that never answered is a connection
-            # that never came up; from one that did, maybe one slow call.
-            if not ep.ready:
-                self.mark_down(ep, "no answer")
-            ep.ready = False
-
-    def close(self) -> None:
-        for ep in self._all:
-            ep.channel.close()
+def _note_failure(endpoints: Endpoints[_Channel], ep: _Endpoint, err: grpc.RpcError | None) -> None:
+    """Mark ``ep`` down when ``err`` says it cannot be reached (None: no answer in time)."""
+    code = err.code() if isinstance(err, grpc.Call) else None
+    if code is grpc.StatusCode.UNAVAILABLE:
+        endpoints.mark_down(ep, "unavailable")
+    elif code is grpc.StatusCode.DEADLINE_EXCEEDED or err is None:
+        endpoints.no_answer(ep)
 
 
 class _Waiter:
@@ -256,7 +191,7 @@ class _DiscoverStream:
             error = PolarisTimeoutError("Discover: no answer in time; reopening the stream")
             ep = self._endpoint
             if self._break(generation, error) and ep is not None:
-                self._connector._endpoints.failed(ep, None)
+                _note_failure(self._connector._endpoints, ep, None)
             raise error
         if waiter.error is not None:
             raise waiter.error
@@ -272,7 +207,9 @@ class _DiscoverStream:
             )
         ep = self._connector._endpoints.pick()
         requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        call = ep.stream("Discover")(iter(requests.get, _END), metadata=self._connector._metadata())
+        call = ep.handle.stream("Discover")(
+            iter(requests.get, _END), metadata=self._connector._metadata()
+        )
         self._generation += 1
         self._call = call
         self._endpoint = ep
@@ -309,7 +246,7 @@ class _DiscoverStream:
             with self._lock:
                 ours = generation == self._generation
             if ours:  # not the cancel of a stream already given up
-                self._connector._endpoints.failed(ep, err)
+                _note_failure(self._connector._endpoints, ep, err)
         except Exception as exc:  # the reader must never die without failing its waiters
             logger.exception("Discover stream reader failed")
             error = NetworkError(f"{ep.address}: Discover stream failed: {exc}")
@@ -350,138 +287,44 @@ class _DiscoverStream:
                 thread.join(5.0)
 
 
-class GrpcConnector:
+class GrpcConnector(NamingConnector):
     """:class:`~polaris_sdk.connector.base.ServerConnector` over gRPC."""
 
     def __init__(self, config: Configuration) -> None:
+        super().__init__(config)
         sc = config.server_connector
-        self._config = config
-        self._token = sc.token
-        self._message_timeout = sc.message_timeout
-        self._api_timeout = config.api.timeout
-        self._policy = RetryPolicy(
-            max_retries=config.api.max_retry_times, initial=config.api.retry_interval
-        )
-        self._endpoints = _Endpoints(sc.addresses, sc.connect_timeout, sc.failback_interval)
-        self._discover = _DiscoverStream(self)
-        self._closed = False
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def addresses(self) -> tuple[str, ...]:
-        return self._config.server_connector.addresses
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._discover.close()
-        self._endpoints.close()
-
-    # ------------------------------------------------------------ naming API
-
-    def register_instance(
-        self, req: InstanceRegisterRequest, ttl: int | None, *, timeout: float | None = None
-    ) -> InstanceRegisterResponse:
-        msg = register_request_to_wire(req, ttl)
-        resp = self._call_checked("RegisterInstance", msg, timeout, ok=(SUCCESS, EXISTED_RESOURCE))
-        given = resp.instance.id.value if resp.HasField("instance") else ""
-        iid = (
-            given
-            or req.instance_id
-            or instance_id(req.namespace, req.service, req.host, req.port, req.vpc_id)
-        )
-        return InstanceRegisterResponse(
-            instance_id=iid, existed=resp.code.value == EXISTED_RESOURCE
-        )
-
-    def deregister_instance(
-        self, req: InstanceDeregisterRequest, *, timeout: float | None = None
-    ) -> None:
-        self._call_checked("DeregisterInstance", instance_key_to_wire(req), timeout)
-
-    def heartbeat(self, req: InstanceHeartbeatRequest, *, timeout: float | None = None) -> None:
-        self._call_checked("Heartbeat", instance_key_to_wire(req), timeout)
-
-    def report_client(self, host: str, version: str = "", *, timeout: float | None = None) -> None:
-        msg = wire.Client(
-            host=wire.StringValue(value=host), version=wire.StringValue(value=version)
-        )
-        msg.type = wire.POOL.FindEnumTypeByName("v1.Client.ClientType").values_by_name["SDK"].number
-        self._call_checked("ReportClient", msg, timeout)
-
-    def discover_instances(
-        self, key: ServiceKey, revision: str = "", timeout: float | None = None
-    ) -> ServiceInstances | None:
-        request = wire.DiscoverRequest(
-            type=wire.DISCOVER_REQUEST_TYPE.values_by_name["INSTANCE"].number,
-            service=wire.Service(
-                name=wire.StringValue(value=key.service),
-                namespace=wire.StringValue(value=key.namespace),
-                revision=wire.StringValue(value=revision),
+        tls = load_tls(sc)
+        credentials = tls.grpc_credentials() if tls is not None else None
+        options = _channel_options(sc.connect_timeout)
+        self._endpoints = Endpoints(
+            (
+                Endpoint(address, _Channel(address, options, credentials))
+                for address in sc.addresses
             ),
+            sc.failback_interval,
         )
+        self._discover_stream = _DiscoverStream(self)
 
-        def attempt(remaining: float) -> Any:
-            self._check_open()
-            # Like a unary attempt, one exchange waits at most messageTimeout,
-            # so a wedged stream is replaced while the call still has time.
-            wait = min(self._message_timeout, remaining)
-            resp = self._discover.exchange(request, time.monotonic() + wait)
-            code = resp.code.value
-            if code not in (SUCCESS, DATA_NO_CHANGE):
-                raise error_for_code(code, resp.info.value)
-            return resp
-
-        resp = self._retry(attempt, timeout, f"Discover {key}")
-        if resp.code.value == DATA_NO_CHANGE:
-            return None
-        return service_instances_from_wire(resp, key.namespace, key.service)
-
-    # -------------------------------------------------------------- calling
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ClosedError("the connector is closed")
+    def _release(self) -> None:
+        self._discover_stream.close()
+        for ep in self._endpoints:
+            ep.handle.channel.close()
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
-        md: tuple[tuple[str, str], ...] = (("request-id", uuid.uuid4().hex),)
+        md: tuple[tuple[str, str], ...] = (("request-id", new_request_id()),)
         if self._token:
             md += (("x-polaris-token", self._token),)
         return md
 
-    def _retry(self, attempt: Callable[[float], Any], timeout: float | None, what: str) -> Any:
-        self._check_open()
-        budget = self._api_timeout if timeout is None else timeout
-        return call_with_retry(attempt, timeout=budget, policy=self._policy, what=what)
+    def _discover(self, request: Any, timeout: float) -> Any:
+        return self._discover_stream.exchange(request, time.monotonic() + timeout)
 
-    def _call_checked(
-        self,
-        name: str,
-        request: Any,
-        timeout: float | None,
-        ok: tuple[int, ...] = (SUCCESS,),
-    ) -> Any:
-        def attempt(remaining: float) -> Any:
-            resp = self._unary(name, request, remaining)
-            code = resp.code.value
-            if code not in ok:
-                raise error_for_code(code, resp.info.value)
-            return resp
-
-        return self._retry(attempt, timeout, name)
-
-    def _unary(self, name: str, request: Any, remaining: float) -> Any:
-        self._check_open()
+    def _unary(self, name: str, request: Any, timeout: float) -> Any:
         ep = self._endpoints.pick()
-        attempt_timeout = max(0.001, min(self._message_timeout, remaining))
         try:
-            resp = ep.unary(name)(request, timeout=attempt_timeout, metadata=self._metadata())
+            resp = ep.handle.unary(name)(request, timeout=timeout, metadata=self._metadata())
         except grpc.RpcError as err:
-            self._endpoints.failed(ep, err)
+            _note_failure(self._endpoints, ep, err)
             raise map_rpc_error(err, ep.address) from None
         except ValueError as err:
             # grpc raises ValueError on a channel closed by a concurrent close().

@@ -7,6 +7,7 @@ import pytest
 from polaris_sdk.connector import GrpcConnector
 from polaris_sdk.server import PolarisServer
 from tests.connector.servers import RecordingAuthorizer, fast_config
+from tests.tlsutil import tls_files  # noqa: F401  (a session fixture for the TLS tests)
 
 
 @pytest.fixture

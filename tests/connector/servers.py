@@ -1,4 +1,5 @@
-"""Test helpers around the embedded server: a recording authorizer and free ports."""
+"""Test helpers around the embedded server: a recording authorizer, free ports,
+and the address and configuration of either transport."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import socket
 import threading
 
 from polaris_sdk import Configuration
+from polaris_sdk.server import PolarisServer
 from polaris_sdk.server.auth import Action, Resource
 from polaris_sdk.server.naming import RequestContext
 
@@ -71,3 +73,21 @@ def fast_config(*addresses: str, **settings: object) -> Configuration:
     }
     base.update(settings)
     return Configuration().replace(addresses=list(addresses), **base)
+
+
+TRANSPORTS = ("grpc", "http")
+"""The values of ``global.serverConnector.protocol``; tests run on each."""
+
+
+def address_of(server: PolarisServer, transport: str) -> str:
+    """``host:port`` of ``server``'s API for ``transport`` (the HTTP URL without its scheme)."""
+    if transport == "grpc":
+        return server.grpc_address
+    url = server.http_address
+    assert url is not None, "the server has no HTTP API"
+    return url.split("://", 1)[1]
+
+
+def transport_config(transport: str, *addresses: str, **settings: object) -> Configuration:
+    """:func:`fast_config` speaking ``transport`` to ``addresses``."""
+    return fast_config(*addresses, **{"global.serverConnector.protocol": transport, **settings})
