@@ -199,6 +199,16 @@ class InstanceRegisterRequest:
 
 @dataclass(frozen=True, slots=True)
 class InstanceRegisterResponse:
+    """What a registration answered.
+
+    ``existed`` is true when the instance was already registered as far as
+    this SDK can tell: the context's ``register_instance`` already kept it
+    (the new request replaced that registration), or the server answered
+    400201 ExistedResource. A real polaris-server upserts and answers 200000,
+    so an instance registered by another process, or by the one-shot
+    ``register``, reads as false.
+    """
+
     instance_id: str
     existed: bool = False
 

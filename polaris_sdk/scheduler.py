@@ -9,16 +9,18 @@ Contract:
   each, not a thread.
 * Tasks run at or after their due time, in due-time order when they are due
   together; tasks due at the same time may run concurrently on different
-  workers. ``call_every`` runs at a fixed rate and never overlaps itself: a
-  run that overruns its period delays the next one instead of piling up.
+  workers. A repeating task re-arms itself with ``call_at``.
 * Supervised: an exception in a task is logged (``polaris_sdk.scheduler``)
   and contained. An exception in the timer loop itself is logged and the loop
   restarts with backoff; if the timer thread ends anyway it is started again
   by the next scheduling call.
 * ``cancel()`` on a handle stops a task that has not started; it never
-  interrupts a running one. ``close()`` cancels every timer not yet due,
-  lets the work already handed to the workers finish (each network call has
-  its own deadline) and leaves no thread behind. Scheduling on a closed scheduler raises
+  interrupts a running one. ``close(timeout)`` cancels every timer not yet
+  due and lets the work already handed to the workers finish (each network
+  call has its own deadline), waiting at most ``timeout`` for it: a task
+  still running then is logged by name and left to end on its own (Python
+  cannot stop a thread), so close never hangs on a stuck task. Otherwise no
+  thread is left behind. Scheduling on a closed scheduler raises
   :class:`~polaris_sdk.errors.ClosedError`.
 * All methods are thread-safe, including from inside a task.
 """
@@ -36,7 +38,7 @@ from typing import Any, Final
 
 from polaris_sdk.errors import ClosedError
 
-__all__ = ["PeriodicHandle", "Scheduler", "TimerHandle"]
+__all__ = ["Scheduler", "TimerHandle"]
 
 logger = logging.getLogger("polaris_sdk.scheduler")
 
@@ -82,59 +84,6 @@ class TimerHandle:
         return f"<TimerHandle {_describe(self._fn)} at {self.when:.3f}{state}>"
 
 
-class PeriodicHandle:
-    """A fixed-rate repeated call started by :meth:`Scheduler.call_every`."""
-
-    __slots__ = ("_args", "_cancelled", "_current", "_fn", "_lock", "_scheduler", "interval")
-
-    def __init__(
-        self,
-        scheduler: Scheduler,
-        interval: float,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-    ) -> None:
-        self._scheduler = scheduler
-        self.interval = interval
-        self._fn = fn
-        self._args = args
-        self._cancelled = False
-        self._lock = threading.Lock()
-        self._current: TimerHandle | None = None
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled
-
-    def cancel(self) -> bool:
-        with self._lock:
-            if self._cancelled:
-                return False
-            self._cancelled = True
-            current = self._current
-        if current is not None:
-            current.cancel()
-        return True
-
-    def _schedule(self, when: float) -> None:
-        with self._lock:
-            if self._cancelled:
-                return
-            try:
-                self._current = self._scheduler.call_at(when, self._tick, when)
-            except ClosedError:
-                self._cancelled = True
-
-    def _tick(self, due: float) -> None:
-        try:
-            self._fn(*self._args)
-        except Exception:
-            logger.exception("periodic task %s failed", _describe(self._fn))
-        # Fixed rate from the due time; after an overrun, start again from now
-        # rather than firing the missed runs back to back.
-        self._schedule(max(due + self.interval, time.monotonic()))
-
-
 def _describe(fn: Callable[..., Any]) -> str:
     return getattr(fn, "__qualname__", None) or repr(fn)
 
@@ -153,7 +102,7 @@ class Scheduler:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=WORKER_PREFIX)
         self._timer: threading.Thread | None = None
         self._restarts = 0
-        self._local = threading.local()
+        self._running: dict[threading.Thread, str] = {}  # worker -> task, for close's report
 
     # ------------------------------------------------------------ public
 
@@ -189,27 +138,6 @@ class Scheduler:
         """Run ``fn(*args)`` on a worker after ``delay`` seconds."""
         return self.call_at(time.monotonic() + max(0.0, delay), fn, *args)
 
-    def call_every(
-        self,
-        interval: float,
-        fn: Callable[..., Any],
-        *args: Any,
-        initial_delay: float | None = None,
-    ) -> PeriodicHandle:
-        """Run ``fn(*args)`` every ``interval`` seconds until cancelled.
-
-        The first run is after ``initial_delay`` (default: ``interval``).
-        """
-        if interval <= 0:
-            raise ValueError("interval must be positive")
-        periodic = PeriodicHandle(self, interval, fn, args)
-        delay = interval if initial_delay is None else max(0.0, initial_delay)
-        with self._cond:
-            if self._closed:
-                raise ClosedError("the scheduler is closed")
-        periodic._schedule(time.monotonic() + delay)
-        return periodic
-
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
         """Run ``fn(*args)`` on a worker now; its exception is kept in the future."""
         with self._cond:
@@ -221,7 +149,12 @@ class Scheduler:
                 raise ClosedError(f"the scheduler cannot run more work: {exc}") from None
 
     def close(self, timeout: float = 10.0) -> None:
-        """Cancel pending timers, finish handed-out work and stop every thread. Idempotent."""
+        """Cancel pending timers, finish handed-out work and stop every thread. Idempotent.
+
+        Waits at most ``timeout`` seconds; tasks still running then are logged
+        and left to finish on their own.
+        """
+        deadline = time.monotonic() + timeout
         with self._cond:
             self._closed = True
             for _, _, handle in self._heap:
@@ -231,23 +164,40 @@ class Scheduler:
             self._cancelled_in_heap = 0
             self._cond.notify_all()
             timer = self._timer
-        if timer is not None and timer is not threading.current_thread():
-            timer.join(timeout)
-        # Work already handed to the workers (a deregistration, a status
-        # callback) still runs; each has its own deadline. A task that closes
-        # its own context must not join its own thread.
-        in_worker = getattr(self._local, "worker", False)
-        self._executor.shutdown(wait=not in_worker)
+        current = threading.current_thread()
+        if timer is not None and timer is not current:
+            timer.join(max(0.0, deadline - time.monotonic()))
+        # Work already handed to the workers (a deregistration) still runs;
+        # each has its own deadline, and this wait has one too. A task that
+        # closes its own context must not join its own thread.
+        self._executor.shutdown(wait=False)
+        workers = [t for t in list(self._executor._threads) if t is not current]
+        for worker in workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+        stuck = sorted(self._running.get(t, "?") for t in workers if t.is_alive())
+        if stuck:
+            logger.warning(
+                "scheduler closed with %d task(s) still running after %.1fs, left to finish: %s",
+                len(stuck),
+                timeout,
+                ", ".join(stuck),
+            )
 
     # ----------------------------------------------------------- internal
 
     def _in_worker(self, fn: Callable[..., Any], *args: Any) -> Any:
-        self._local.worker = True
-        return fn(*args)
+        return self._tracked(_describe(fn), fn, *args)
 
     def _run_handle(self, handle: TimerHandle) -> None:
-        self._local.worker = True
-        handle._run()
+        self._tracked(_describe(handle._fn), handle._run)
+
+    def _tracked(self, label: str, fn: Callable[..., Any], *args: Any) -> Any:
+        me = threading.current_thread()
+        self._running[me] = label
+        try:
+            return fn(*args)
+        finally:
+            del self._running[me]
 
     def _cancel(self, handle: TimerHandle) -> bool:
         with self._cond:

@@ -28,8 +28,14 @@ def live_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive()}
 
 
-def assert_no_new_threads(before: set[threading.Thread], timeout: float = 5.0) -> None:
-    """Every polaris thread and non-daemon thread started since ``before`` has ended."""
+def assert_no_new_threads(before: set[threading.Thread], timeout: float = 1.0) -> None:
+    """Every polaris thread and non-daemon thread started since ``before`` has ended.
+
+    close() joins the threads it owns before it returns, so the grace is short:
+    it covers a thread between its last statement and its exit, or a server's
+    connection thread noticing that its client hung up. A longer one would let
+    a close() that returns with its threads still running pass.
+    """
 
     def leftover() -> set[threading.Thread]:
         # Our threads are all named "polaris-..."; grpc's own daemon pollers are

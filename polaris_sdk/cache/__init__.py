@@ -4,7 +4,7 @@
 with the held revision) feeds :mod:`~polaris_sdk.cache.reflector` (the
 list-then-watch loop with backoff and a CONNECTED / SUSPENDED / LOST state),
 which writes through :mod:`~polaris_sdk.cache.informer` (diffs into events,
-one mailbox per listener, see :mod:`~polaris_sdk.cache.dispatch`) into
+one mailbox per listener, see :mod:`~polaris_sdk.dispatch`) into
 :mod:`~polaris_sdk.cache.store` (immutable snapshots plus what selection
 derives from them), backed up on disk by :mod:`~polaris_sdk.cache.persist`.
 :class:`ServiceCache` ties them together for one SDKContext.

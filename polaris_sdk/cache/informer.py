@@ -5,7 +5,7 @@ Guarantees:
 * :func:`diff` is pure: two snapshots in, a :class:`ServiceChangeEvent` out
   (``added``, ``updated`` as (old, new) pairs, ``deleted``; matched by
   instance id), or None when no instance changed.
-* Each listener has its own mailbox (:mod:`polaris_sdk.cache.dispatch`):
+* Each listener has its own mailbox (:mod:`polaris_sdk.dispatch`):
   listeners run on the dispatcher's threads, never on the reflector's, so a
   slow or raising listener stalls neither the refresh loop nor the other
   listeners. Each listener sees events in snapshot order.
@@ -25,10 +25,10 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from polaris_sdk.cache.dispatch import Dispatcher, Mailbox
 from polaris_sdk.cache.persist import DiskBackup
 from polaris_sdk.cache.reflector import ConnectionState
 from polaris_sdk.cache.store import Entry, Store
+from polaris_sdk.dispatch import Dispatcher, Mailbox
 from polaris_sdk.model import Instance, ServiceChangeEvent, ServiceInstances, ServiceKey
 
 __all__ = ["BACKUP_TOUCH_INTERVAL", "Informer", "diff", "initial_event"]

@@ -55,7 +55,9 @@ class CacheOptions:
     """Seconds an idle listener thread waits for work before it exits."""
     warm_on_change: bool = True
     """Rebuild what selection needs (filters, weights, hash rings) for a new
-    snapshot in the background, before callers see it."""
+    snapshot in the background, before callers see it: the unfiltered
+    structures and the few most recently used of each kind (see
+    :mod:`polaris_sdk.cache.store`); others are rebuilt by their first call."""
 
     def __post_init__(self) -> None:
         if self.refresh_interval <= 0:

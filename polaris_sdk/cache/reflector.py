@@ -12,7 +12,10 @@ Guarantees:
 * Failures never reach the cache's readers: the last snapshot stays in
   place, the next round waits ``refresh_interval * 2^(n-1)`` (with jitter,
   capped at ``backoff_max``) and relists. Any exception, including a bug, is
-  logged and the loop goes on; only :meth:`Reflector.stop` ends it.
+  logged and the loop goes on; only :meth:`Reflector.stop` ends it. The next
+  round is armed in a ``finally``, whatever failed before it (one refresh
+  interval when even the delay cannot be computed); a scheduler that refuses
+  it is logged as an error, never ignored.
 * Push-empty protection (on by default, see
   :attr:`~polaris_sdk.cache.options.CacheOptions.push_empty_protection`):
   an empty answer following a non-empty snapshot is not passed on.
@@ -151,16 +154,35 @@ class Reflector:
                 return
             self._handle = None
         try:
-            self._round(None)
-        except PolarisError as exc:
-            self._record_failure(exc)
-        except Exception as exc:
-            logger.exception("refresh of %s failed unexpectedly; backing off", self.key)
-            self._record_failure(exc)
-        else:
-            self._record_success()
+            self._guarded_round()
         finally:
-            self._schedule(self._next_delay())
+            # Whatever happened above (a bug in the bookkeeping, a broken
+            # sink), the loop must not end here: only stop() ends it.
+            self._rearm()
+
+    def _guarded_round(self) -> None:
+        try:
+            try:
+                self._round(None)
+            except PolarisError as exc:
+                self._record_failure(exc)
+            except Exception as exc:
+                logger.exception("refresh of %s failed unexpectedly; backing off", self.key)
+                self._record_failure(exc)
+            else:
+                self._record_success()
+        except Exception:
+            logger.exception("recording the refresh of %s failed; the loop goes on", self.key)
+
+    def _rearm(self) -> None:
+        try:
+            delay = self._next_delay()
+        except Exception:
+            delay = self._options.refresh_interval
+            logger.exception(
+                "computing the next refresh of %s failed; retrying in %.1fs", self.key, delay
+            )
+        self._schedule(delay)
 
     def _schedule(self, delay: float) -> None:
         with self._lock:
@@ -171,6 +193,13 @@ class Reflector:
             except ClosedError:
                 # The context is closing; the cache's close() follows.
                 self._stopped = True
+            except Exception:
+                # Nothing is left to run a later attempt: say so loudly, the
+                # last snapshot keeps being served.
+                logger.exception(
+                    "could not schedule the next refresh of %s; it is no longer refreshed",
+                    self.key,
+                )
 
     def _round(self, timeout: float | None, urgent: bool = False) -> None:
         current = self._sink.current()

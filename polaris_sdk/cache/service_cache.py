@@ -27,13 +27,13 @@ import logging
 import threading
 from collections.abc import Callable
 
-from polaris_sdk.cache.dispatch import Dispatcher, Mailbox
 from polaris_sdk.cache.informer import Informer, Listener
 from polaris_sdk.cache.listwatch import InstanceLister, ListerWatcher
 from polaris_sdk.cache.options import CacheOptions
 from polaris_sdk.cache.persist import DiskBackup
 from polaris_sdk.cache.reflector import ConnectionState, Reflector, Scheduler
 from polaris_sdk.cache.store import Entry, Store
+from polaris_sdk.dispatch import Dispatcher, Mailbox
 from polaris_sdk.errors import (
     ClosedError,
     NetworkError,
@@ -110,6 +110,10 @@ class ServiceCache:
     def cached_entry(self, key: ServiceKey) -> Entry | None:
         """The entry of ``key`` if it is cached; never lists."""
         return self._store.get(key)
+
+    def cached_entry_named(self, namespace: str, service: str) -> Entry | None:
+        """:meth:`cached_entry` by the parts of the key (the consumer's read path)."""
+        return self._store.get_named(namespace, service)
 
     def snapshot(self, key: ServiceKey, timeout: float | None = None) -> ServiceInstances:
         return self.entry(key, timeout).snapshot

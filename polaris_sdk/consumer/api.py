@@ -20,7 +20,12 @@ Contract:
   balancer (``weightedRandom`` by default, ``ringHash`` with ``hash_key``,
   ``roundRobin``); no instance at all raises
   :class:`~polaris_sdk.errors.InstanceNotFoundError`, never returns None.
-  Filtering and balancer set-up happen once per snapshot, not per call.
+  Filtering and balancer set-up happen once per snapshot and filter, not per
+  call (the store keeps them in bounded LRU caches, see
+  :mod:`polaris_sdk.cache.store`); a metadata filter is validated once while
+  it stays in use; a ``get_instances`` answer is built once per snapshot
+  confirmation and filter. Round robin keeps its turn per service and filter
+  across snapshots.
 * A service the server does not know reads as empty (revision ``""``);
   watching it reports its instances once they register.
 * Listeners (``watch_service``) run on the cache's listener threads, each
@@ -31,19 +36,25 @@ Contract:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
+from polaris_sdk._requests import coerce_request
 from polaris_sdk.cache import CacheOptions, ConnectionState, Entry, ServiceCache, StateListener
 from polaris_sdk.cache.listwatch import MISSING_REVISION
+from polaris_sdk.cache.store import MAX_DERIVED
 from polaris_sdk.config import Configuration
 from polaris_sdk.consumer.loadbalancer import (
+    LB_POLICIES,
     RING_HASH,
+    ROUND_ROBIN,
     Picker,
+    RoundRobinPicker,
     build_picker,
     check_policy,
     hash_key_bytes,
@@ -62,47 +73,86 @@ from polaris_sdk.model import (
     ServiceKey,
     WatchServiceRequest,
 )
-from polaris_sdk.validation import check_metadata, check_namespace, check_service
+from polaris_sdk.validation import (
+    INVALID_PARAMETER,
+    check_metadata,
+    check_namespace,
+    check_service,
+)
 
 __all__ = ["CACHE_COMPONENT", "ConsumerAPI"]
 
 logger = logging.getLogger("polaris_sdk.consumer.api")
 
 CACHE_COMPONENT: Final = "consumer.cache"
-_INVALID_PARAMETER: Final = 400103
 
-R = TypeVar("R")
 Listener = Callable[[ServiceChangeEvent], None]
 
 
-def _request(cls: type[R], request: R | None, fields: dict[str, Any]) -> R:
-    if request is None:
-        return cls(**fields)
-    if fields:
-        raise TypeError("pass a request object or keyword fields, not both")
-    if not isinstance(request, cls):
-        raise TypeError(f"expected a {cls.__name__}, got {type(request).__name__}")
-    return request
-
-
 Candidates = tuple[tuple[Instance, ...], bool]
+PickerBuilder = Callable[[Entry, MetadataKey], Picker | None]
+
+_ROUTE: Final = "route"
+_VIEW: Final = "view"
+_RING_LIMIT: Final = 64
+"""Hash rings kept per revision: each costs about 4 MB per 10,000 instances."""
 
 
-def _candidates(wanted: MetadataKey) -> Callable[[ServiceInstances], Candidates]:
-    def compute(snapshot: ServiceInstances) -> Candidates:
-        return route(snapshot.instances, wanted)
+@functools.lru_cache(maxsize=MAX_DERIVED)
+def _checked(wanted: MetadataKey) -> MetadataKey:
+    # Only filters that pass are remembered: an exception is not cached.
+    check_metadata(dict(wanted))
+    return wanted
 
-    return compute
+
+def _filter_key(metadata: Mapping[str, str]) -> MetadataKey:
+    """``metadata`` as a memo key, validated once while the filter stays in use."""
+    try:
+        return _checked(metadata_key(metadata))
+    except TypeError:
+        # Keys of mixed types do not sort and unhashable values cannot be
+        # looked up: the full check names the field.
+        check_metadata(metadata)
+        raise
 
 
-def _picker(policy: str, wanted: MetadataKey) -> Callable[[ServiceInstances], Picker | None]:
-    # A pure function of the snapshot: the store re-runs it on the next
-    # revision to warm the new entry.
-    def compute(snapshot: ServiceInstances) -> Picker | None:
-        instances, _ = route(snapshot.instances, wanted)
-        return build_picker(policy, instances) if instances else None
+# The derivations below are pure functions of an entry's snapshot (and of
+# values derived from it), so the store can recompute them for the next
+# revision; taking the key as an argument, they need no closure per call.
 
-    return compute
+
+def _route(entry: Entry, wanted: MetadataKey) -> Candidates:
+    return route(entry.snapshot.instances, wanted)
+
+
+def _candidates(entry: Entry, wanted: MetadataKey) -> Candidates:
+    return entry.derive(_ROUTE, wanted, _route, carry=not wanted)
+
+
+def _view(entry: Entry, wanted: MetadataKey) -> ServiceInstances:
+    instances, fallback = _candidates(entry, wanted)
+    snapshot = entry.snapshot
+    if instances is snapshot.instances and fallback == snapshot.fallback:
+        return snapshot
+    return dataclasses.replace(snapshot, instances=instances, fallback=fallback)
+
+
+def _picker_builder(policy: str) -> PickerBuilder:
+    def build(entry: Entry, wanted: MetadataKey) -> Picker | None:
+        instances, _ = _candidates(entry, wanted)
+        if not instances:
+            return None
+        if policy == ROUND_ROBIN:
+            return RoundRobinPicker(instances, entry.counter(wanted))
+        return build_picker(policy, instances)
+
+    return build
+
+
+_PICKERS: Final[dict[str, tuple[PickerBuilder, int]]] = {
+    policy: (_picker_builder(policy), _RING_LIMIT if policy == RING_HASH else MAX_DERIVED)
+    for policy in LB_POLICIES
+}
 
 
 class ConsumerAPI:
@@ -147,7 +197,7 @@ class ConsumerAPI:
         self, request: GetAllInstancesRequest | None = None, /, **fields: Any
     ) -> ServiceInstances:
         """Every instance of the service, unhealthy and isolated ones included."""
-        req = _request(GetAllInstancesRequest, request, fields)
+        req = coerce_request(GetAllInstancesRequest, request, fields)
         return self._entry(req.namespace, req.service).snapshot
 
     def get_instances(
@@ -155,35 +205,34 @@ class ConsumerAPI:
     ) -> ServiceInstances:
         """The instances a call may go to; ``fallback=True`` when that is all of them
         because none is healthy or matches ``metadata``."""
-        req = _request(GetInstancesRequest, request, fields)
-        if req.metadata:
-            check_metadata(req.metadata)
+        req = coerce_request(GetInstancesRequest, request, fields)
+        wanted = _filter_key(req.metadata) if req.metadata else ()
         entry = self._entry(req.namespace, req.service)
-        wanted = metadata_key(req.metadata)
-        instances, fallback = entry.derive(("route", wanted), _candidates(wanted))
-        return dataclasses.replace(entry.snapshot, instances=instances, fallback=fallback)
+        return entry.derive_local(_VIEW, wanted, _view)
 
     def get_one_instance(
         self, request: GetOneInstanceRequest | None = None, /, **fields: Any
     ) -> Instance:
         """One instance picked by the load balancer; InstanceNotFoundError if there is none."""
-        req = _request(GetOneInstanceRequest, request, fields)
+        req = coerce_request(GetOneInstanceRequest, request, fields)
         policy = req.lb_policy or self._default_policy
-        check_policy(policy)
-        if req.hash_key is not None and not isinstance(req.hash_key, str | bytes):
-            raise ValidationError("hash_key", "must be a str or bytes", _INVALID_PARAMETER)
-        if policy == RING_HASH and req.hash_key is None:
-            raise ValidationError(
-                "hash_key", "is required with lb_policy ringHash", _INVALID_PARAMETER
-            )
-        if req.metadata:
-            check_metadata(req.metadata)
+        # An unknown policy misses the dict, and check_policy() raises.
+        builder = _PICKERS.get(policy) or _PICKERS[check_policy(policy)]
+        hash_key = req.hash_key
+        if hash_key is None:
+            if policy == RING_HASH:
+                raise ValidationError(
+                    "hash_key", "is required with lb_policy ringHash", INVALID_PARAMETER
+                )
+        elif not isinstance(hash_key, str | bytes):
+            raise ValidationError("hash_key", "must be a str or bytes", INVALID_PARAMETER)
+        wanted = _filter_key(req.metadata) if req.metadata else ()
         entry = self._entry(req.namespace, req.service)
-        wanted = metadata_key(req.metadata)
-        picker: Picker | None = entry.derive(("pick", policy, wanted), _picker(policy, wanted))
+        build, limit = builder
+        picker = entry.derive(policy, wanted, build, carry=not wanted, limit=limit)
         if picker is None:
             raise InstanceNotFoundError(_no_instance(entry.snapshot))
-        return picker.pick(hash_key_bytes(req.hash_key))
+        return picker.pick(hash_key_bytes(hash_key))
 
     # ------------------------------------------------------------- watches
 
@@ -192,7 +241,7 @@ class ConsumerAPI:
     ) -> ServiceInstances:
         """Call each listener on every change of the service, starting with the
         current snapshot as one "added" event; returns that snapshot."""
-        req = _request(WatchServiceRequest, request, fields)
+        req = coerce_request(WatchServiceRequest, request, fields)
         listeners = _listeners(req.listeners)
         key = self._key(req.namespace, req.service)
         self._check_open()
@@ -206,7 +255,7 @@ class ConsumerAPI:
 
     def unwatch_service(self, request: WatchServiceRequest | None = None, /, **fields: Any) -> None:
         """Stop calling the listeners; events still queued for them are dropped."""
-        req = _request(WatchServiceRequest, request, fields)
+        req = coerce_request(WatchServiceRequest, request, fields)
         listeners = _listeners(req.listeners)
         key = self._key(req.namespace, req.service)
         for listener in listeners:
@@ -285,7 +334,7 @@ class ConsumerAPI:
         self._check_open()
         # A key already cached was validated when it was first listed: the
         # hot path skips the name checks.
-        entry = self._cache.cached_entry(ServiceKey(namespace or DEFAULT_NAMESPACE, service))
+        entry = self._cache.cached_entry_named(namespace or DEFAULT_NAMESPACE, service)
         if entry is not None:
             return entry
         return self._cache.entry(self._key(namespace, service), self._timeout)
@@ -298,7 +347,7 @@ def _listeners(listeners: Sequence[Listener]) -> tuple[Listener, ...]:
     result = tuple(listeners)
     for listener in result:
         if not callable(listener):
-            raise ValidationError("listeners", "must be callables", _INVALID_PARAMETER)
+            raise ValidationError("listeners", "must be callables", INVALID_PARAMETER)
     return result
 
 

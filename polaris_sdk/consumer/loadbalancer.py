@@ -23,7 +23,10 @@ Policies, by their Polaris names:
     instance while the set is unchanged; when an instance leaves, only the
     keys it owned move. Needs a ``hash_key``.
 ``roundRobin``
-    Candidates in turn (not weighted); the turn restarts with each snapshot.
+    Candidates in turn (not weighted). The turn is an :func:`itertools.count`
+    the caller may supply: the consumer keeps one per service and filter
+    across snapshots (:meth:`polaris_sdk.cache.store.Entry.counter`), so
+    rebuilding a picker does not restart the turn at the first candidate.
 """
 
 from __future__ import annotations
@@ -34,11 +37,12 @@ import random
 import struct
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Final, Protocol
 
 from polaris_sdk.errors import ValidationError
 from polaris_sdk.model import DEFAULT_WEIGHT, Instance
+from polaris_sdk.validation import INVALID_PARAMETER
 
 __all__ = [
     "DEFAULT_LB_POLICY",
@@ -63,7 +67,6 @@ DEFAULT_LB_POLICY: Final = WEIGHTED_RANDOM
 RING_POINTS_PER_WEIGHT_100: Final = 40
 _POINTS_PER_DIGEST: Final = 4  # an MD5 digest is four 32-bit points, as in ketama
 _MAX_DIGESTS_PER_INSTANCE: Final = 1000
-_INVALID_PARAMETER: Final = 400103
 
 
 class Picker(Protocol):
@@ -98,11 +101,13 @@ class WeightedRandomPicker:
 class RoundRobinPicker:
     __slots__ = ("_counter", "_instances")
 
-    def __init__(self, instances: tuple[Instance, ...]) -> None:
+    def __init__(
+        self, instances: tuple[Instance, ...], counter: Iterator[int] | None = None
+    ) -> None:
         if not instances:
             raise ValueError("no instances to pick from")
         self._instances = instances
-        self._counter = itertools.count()
+        self._counter = counter if counter is not None else itertools.count()
 
     def pick(self, hash_key: bytes | None = None) -> Instance:
         return self._instances[next(self._counter) % len(self._instances)]
@@ -184,7 +189,7 @@ def check_policy(policy: str) -> str:
     """``policy`` if it names a balancer, else :class:`ValidationError`."""
     if policy not in _BUILDERS:
         raise ValidationError(
-            "lb_policy", f"must be one of {', '.join(LB_POLICIES)}", _INVALID_PARAMETER
+            "lb_policy", f"must be one of {', '.join(LB_POLICIES)}", INVALID_PARAMETER
         )
     return policy
 

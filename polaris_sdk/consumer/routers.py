@@ -45,10 +45,15 @@ def matches_metadata(instance: Instance, wanted: MetadataKey) -> bool:
 def route(
     instances: tuple[Instance, ...], wanted: MetadataKey = ()
 ) -> tuple[tuple[Instance, ...], bool]:
-    """The candidates for a call and whether they are the fallback to all instances."""
+    """The candidates for a call and whether they are the fallback to all instances.
+
+    When every instance qualifies, the candidates are ``instances`` itself (the
+    same tuple), so callers can tell that nothing was filtered out."""
     candidates = tuple(
         i for i in instances if healthy(i) and (not wanted or matches_metadata(i, wanted))
     )
-    if candidates or not instances:
+    if len(candidates) == len(instances):
+        return instances, False
+    if candidates:
         return candidates, False
     return instances, True

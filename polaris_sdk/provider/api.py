@@ -17,23 +17,34 @@ Contract:
   instances it registered with ``register_instance`` (unless
   ``provider.deregisterOnClose`` is false), then closes an owned context.
   Closing the context closes the flow the same way.
+* Status callbacks (``on_status``) run on the flow's listener threads, one
+  at a time, never on the scheduler; ``close()`` waits a bounded time
+  (``STATUS_DRAIN_TIMEOUT``) for them to take the last statuses.
+* ``deregister_on_exit()`` installs signal handlers that take no lock (a
+  signal may land while the main thread holds any): the handler only wakes
+  the ``polaris-exit`` thread through a pipe; that thread runs ``close()``
+  and sends the signal again, which then goes to the previous handler on
+  the main thread (with the default one the process ends as it would have).
 * Thread-safe. Calls after ``close()`` raise
-  :class:`~polaris_sdk.errors.ClosedError`.
+  :class:`~polaris_sdk.errors.ClosedError`, and so does a
+  ``register_instance`` that was still on the wire when ``close()`` ran
+  (after deregistering that instance again).
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import math
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import fields as dataclass_fields
+from collections.abc import Callable, Iterable
 from types import FrameType, TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
+from polaris_sdk._requests import coerce_request
 from polaris_sdk.config import Configuration
 from polaris_sdk.context import SDKContext
 from polaris_sdk.errors import ClosedError, ValidationError
@@ -44,7 +55,7 @@ from polaris_sdk.model import (
     InstanceRegisterResponse,
 )
 from polaris_sdk.provider.flow import RegistrationStatus
-from polaris_sdk.provider.heartbeat import RegisterFlow, StatusListener
+from polaris_sdk.provider.heartbeat import STATUS_DRAIN_TIMEOUT, RegisterFlow, StatusListener
 from polaris_sdk.validation import (
     INVALID_PARAMETER,
     check_host,
@@ -62,8 +73,8 @@ logger = logging.getLogger("polaris_sdk.provider.api")
 FLOW_COMPONENT = "polaris_sdk.provider.RegisterFlow"
 MAX_TTL = 60
 EXIT_THREAD = "polaris-exit"
+_STOP_BYTE = b"\0"  # tells the exit thread to end; any other byte is a signal number
 
-R = TypeVar("R")
 _Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 
@@ -101,24 +112,6 @@ def validate_instance_key(req: InstanceDeregisterRequest | InstanceHeartbeatRequ
     check_port(req.port)
 
 
-def _coerce(cls: type[R], request: R | None, values: Mapping[str, Any]) -> R:
-    """The request object: ``request`` as given, or built from keyword fields."""
-    if request is not None:
-        if values:
-            raise TypeError(f"pass a {cls.__name__} or keyword fields, not both")
-        if not isinstance(request, cls):
-            raise TypeError(f"expected a {cls.__name__}, got {type(request).__name__}")
-        return request
-    names = {f.name for f in dataclass_fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise TypeError(f"{cls.__name__} has no field {unknown[0]!r}")
-    try:
-        return cls(**values)
-    except TypeError as exc:
-        raise TypeError(f"{cls.__name__}: {exc}") from None
-
-
 class ProviderAPI:
     """Register, heartbeat and deregister service instances; see the module docstring."""
 
@@ -140,7 +133,11 @@ class ProviderAPI:
             self._flow.add_listener(self._filter_status)
         self._lock = threading.Lock()
         self._closed = False
+        self._closed_event = threading.Event()  # set once close() has done its work
         self._exit_handlers: dict[int, _Handler] = {}
+        self._exit_thread: threading.Thread | None = None
+        self._exit_fd: int | None = None  # write end of the pipe to the exit thread
+        self._exit_done = False  # the exit thread has ended: handlers pass signals on
 
     @classmethod
     def create(
@@ -171,8 +168,15 @@ class ProviderAPI:
     def register_instance(
         self, request: InstanceRegisterRequest | None = None, /, **fields: Any
     ) -> InstanceRegisterResponse:
-        """Register and keep registered: a heartbeat every TTL until deregistered or closed."""
-        req = _coerce(InstanceRegisterRequest, request, fields)
+        """Register and keep registered: a heartbeat every TTL until deregistered or closed.
+
+        The answer's ``existed`` is true when this SDK context already kept
+        the instance registered (this call replaced that registration) or
+        the server answered 400201 ExistedResource. A real polaris-server
+        upserts and answers 200000, so an instance registered by another
+        process reads as false.
+        """
+        req = coerce_request(InstanceRegisterRequest, request, fields)
         validate_register(req)
         self._check_open()
         ttl = req.ttl if req.ttl is not None else self._ctx.config.provider.heartbeat_ttl
@@ -182,14 +186,14 @@ class ProviderAPI:
         self, request: InstanceRegisterRequest | None = None, /, **fields: Any
     ) -> InstanceRegisterResponse:
         """Register once; no heartbeats (with a ``ttl``, the caller must send them)."""
-        req = _coerce(InstanceRegisterRequest, request, fields)
+        req = coerce_request(InstanceRegisterRequest, request, fields)
         validate_register(req)
         self._check_open()
         return self._ctx.connector.register_instance(req, req.ttl)
 
     def heartbeat(self, request: InstanceHeartbeatRequest | None = None, /, **fields: Any) -> None:
         """Send one heartbeat."""
-        req = _coerce(InstanceHeartbeatRequest, request, fields)
+        req = coerce_request(InstanceHeartbeatRequest, request, fields)
         validate_instance_key(req)
         self._check_open()
         self._ctx.connector.heartbeat(req)
@@ -198,7 +202,7 @@ class ProviderAPI:
         self, request: InstanceDeregisterRequest | None = None, /, **fields: Any
     ) -> None:
         """Stop the instance's heartbeats, then deregister it (unknown instances are fine)."""
-        req = _coerce(InstanceDeregisterRequest, request, fields)
+        req = coerce_request(InstanceDeregisterRequest, request, fields)
         validate_instance_key(req)
         self._check_open()
         self._flow.deregister(req)
@@ -220,56 +224,141 @@ class ProviderAPI:
                 return
             self._closed = True
         atexit.unregister(self.close)
-        self._restore_signals()
         try:
             if not self._flow.closed:
                 self._flow.close(owner=self)
         finally:
-            # Statuses already handed out (the final "deregistered") still arrive.
-            if self._on_status is not None:
-                self._flow.remove_listener(self._filter_status)
-            if self._owns_context:
-                self._ctx.close()
+            try:
+                # Statuses already handed out (the final "deregistered") still
+                # arrive, within a bound: a stuck callback cannot hold close.
+                if self._on_status is not None:
+                    self._flow.remove_listener(self._filter_status, drain=STATUS_DRAIN_TIMEOUT)
+                if self._owns_context:
+                    self._ctx.close()
+            finally:
+                self._closed_event.set()
+                # A signal that came during close() was held until now; from
+                # here on it goes to the previous handler.
+                self._restore_signals()
+                self._stop_exit_thread()
 
     def deregister_on_exit(self, signals: Iterable[int] = (signal.SIGTERM,)) -> None:
         """Also ``close()`` (and so deregister) at interpreter exit and on ``signals``.
 
         Opt-in, because signal handlers belong to the application. Call from
-        the main thread. The previous handler still runs after ours; with the
-        default handler the process then ends as it would have.
+        the main thread. The previous handler still runs after ours, once
+        ``close()`` is done; with the default handler the process then ends
+        as it would have.
         """
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError(
                 "deregister_on_exit() installs signal handlers: call it from the main thread"
             )
+        self._check_open()
         atexit.register(self.close)
+        if self._exit_thread is None:
+            read_fd, self._exit_fd = os.pipe()
+            os.set_blocking(self._exit_fd, False)  # the handler must never block on it
+            self._exit_thread = threading.Thread(
+                target=self._exit_loop, args=(read_fd,), name=EXIT_THREAD, daemon=True
+            )
+            self._exit_thread.start()
         for sig in signals:
             if sig not in self._exit_handlers:
                 self._exit_handlers[sig] = signal.getsignal(sig)
                 signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        previous = self._exit_handlers.get(signum, signal.SIG_DFL)
-        logger.info("signal %d: closing the provider and deregistering", signum)
-        # The handler interrupts the main thread, which may hold a lock close()
-        # needs; closing on a thread of its own with a bound wait cannot hang.
-        closer = threading.Thread(target=self.close, name=EXIT_THREAD, daemon=True)
-        closer.start()
-        instances = len(self._flow.statuses(owner=self))
-        closer.join(self._ctx.config.api.timeout * max(1, math.ceil(instances / 1000)) + 2.0)
-        if callable(previous):
+        # Runs on the main thread between two bytecodes, perhaps while it holds
+        # a lock close() needs, or one inside threading or logging: so no lock,
+        # no thread start, no logging here, only a byte to the exit thread.
+        fd = self._exit_fd
+        if fd is not None and not self._exit_done:
+            try:
+                os.write(fd, bytes([signum]))
+                return
+            except OSError:  # the exit thread has gone: pass the signal on now
+                pass
+        self._pass_signal_on(signum, frame)
+
+    def _pass_signal_on(self, signum: int, frame: FrameType | None) -> None:
+        previous = self._exit_handlers.get(signum)
+        if previous is None:
+            previous = signal.getsignal(signum)
+        self._restore_signals()
+        if callable(previous) and previous != self._on_signal:
             previous(signum, frame)
-        elif previous == signal.SIG_DFL:
+        elif previous in (signal.SIG_DFL, self._on_signal):
             signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
+            signal.raise_signal(signum)
+
+    def _exit_loop(self, read_fd: int) -> None:
+        """The exit thread: wait for a signal number, close(), then send the signal again."""
+        signum = 0
+        try:
+            data = os.read(read_fd, 1)  # one signal number, the stop byte, or end of file
+            signum = data[0] if data else 0
+            if signum == 0:
+                self._exit_done = True
+                # A handler that looked before the flag was set may have written since.
+                os.set_blocking(read_fd, False)
+                late = os.read(read_fd, 64)
+                signum = next((b for b in late if b), 0)
+        except BlockingIOError:
+            pass
+        except Exception:  # nothing can restart this thread usefully: log it, pass signals on
+            logger.exception("the exit thread failed")
+        finally:
+            self._exit_done = True
+            os.close(read_fd)
+        if not signum:
+            return
+        logger.info("signal %d: closing the provider and deregistering", signum)
+        bound = self._close_bound()
+        try:
+            self.close()
+        except Exception:
+            logger.exception("closing on signal %d failed", signum)
+        # close() may have been running on another thread already: wait for it.
+        if not self._closed_event.wait(bound):
+            logger.warning("signal %d: close() still running; passing the signal on", signum)
+        # To the main thread itself: a process-wide signal may be taken by
+        # another thread and leave the main one asleep. Its handler sees
+        # _exit_done and passes the signal to the previous handler.
+        signal.pthread_kill(threading.main_thread().ident or 0, signum)
+
+    def _close_bound(self) -> float:
+        instances = len(self._flow.statuses(owner=self))
+        api_timeout = self._ctx.config.api.timeout
+        return api_timeout * max(1, math.ceil(instances / 1000)) + STATUS_DRAIN_TIMEOUT + 2.0
+
+    def _stop_exit_thread(self) -> None:
+        thread = self._exit_thread
+        if thread is None or thread is threading.current_thread():
+            return
+        fd = self._exit_fd
+        if fd is not None:
+            # OSError: already gone, or its pipe is full of signals it will handle.
+            with contextlib.suppress(OSError):
+                os.write(fd, _STOP_BYTE)
+        thread.join(self._close_bound())
+        if thread.is_alive():
+            logger.warning("the exit thread did not end")
 
     def _restore_signals(self) -> None:
-        if not self._exit_handlers or threading.current_thread() is not threading.main_thread():
+        if threading.current_thread() is not threading.main_thread():
             return
-        for sig, previous in self._exit_handlers.items():
+        # Restored before forgotten: a signal landing in between still finds
+        # its previous handler.
+        for sig, previous in list(self._exit_handlers.items()):
             if signal.getsignal(sig) == self._on_signal:
                 signal.signal(sig, previous)
         self._exit_handlers.clear()
+        # No handler of ours can write to the pipe any more: the exit thread
+        # reads end of file and ends.
+        fd, self._exit_fd = self._exit_fd, None
+        if fd is not None:
+            os.close(fd)
 
     def __enter__(self) -> ProviderAPI:
         return self

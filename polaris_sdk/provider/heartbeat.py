@@ -7,35 +7,53 @@ Contract:
   as :class:`~polaris_sdk.provider.flow.RegistrationCore` decides. All
   instances share the one scheduler: one timer entry per instance, never a
   thread per instance.
-* One id, one registration: registering an id again stops the old
-  heartbeats (waiting for one in flight) before the new request is sent, so
-  beats never double and an old request never overwrites the new one. If the
-  new registration fails, the old one goes on.
+* One id, one registration: operations on one instance id (register,
+  deregister, stop, close) run one at a time under that id's own lock,
+  created on demand and dropped when unused. No lock shared by unrelated
+  instances is held across network I/O, so a slow or dead server delays
+  only the calls about the same instance. Registering an id again stops the
+  old heartbeats (waiting for one in flight) before the new request is sent,
+  so beats never double and an old request never overwrites the new one. If
+  the new registration fails, the old one goes on.
+* A registration that completes after its owner (or the flow) was closed is
+  not kept: it is deregistered again and ``register()`` raises
+  :class:`~polaris_sdk.errors.ClosedError`, so close() leaves nothing behind.
+  An owner counts as closed when its ``closed`` attribute is true. Closing
+  the whole flow waits (bounded) for registrations on the wire, so they can
+  still deregister before the connector goes.
 * ``deregister()`` first stops the instance's heartbeats and waits for any
   heartbeat or re-registration in flight, then sends DeregisterInstance; no
   heartbeat can revive the instance after that.
-* Failures in the loop are logged, counted in the instance's
-  :class:`~polaris_sdk.provider.flow.RegistrationStatus` and passed to the
-  status listeners on each state change. Listeners run on a scheduler
-  worker, one call at a time per change; an exception in one is logged.
+* The heartbeat loop never ends on its own: failures are logged, counted in
+  the instance's :class:`~polaris_sdk.provider.flow.RegistrationStatus`, and
+  an unexpected exception is logged and the step tried again one TTL later.
+* Status listeners get each state change through a mailbox of their own
+  (:mod:`polaris_sdk.dispatch`, threads ``polaris-status-N``), never on the
+  scheduler's workers: a slow or stuck listener delays neither heartbeats
+  nor close(), and an exception in one is logged.
 * ``close(deregister=True)`` stops every loop and deregisters every tracked
   instance in parallel on the scheduler's workers, within one
-  ``global.api.timeout`` per thousand instances. Thread-safe throughout.
+  ``global.api.timeout`` per thousand instances; closing the whole flow then
+  gives the listeners :data:`STATUS_DRAIN_TIMEOUT` seconds to take the last
+  statuses. Thread-safe throughout.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
-from typing import Protocol
+from contextlib import contextmanager
+from typing import Final, Protocol
 
 from polaris_sdk.config import Configuration
 from polaris_sdk.connector.base import HeartbeatSender, Registrar
+from polaris_sdk.dispatch import Dispatcher, Mailbox
 from polaris_sdk.errors import ClosedError, PolarisError
 from polaris_sdk.model import (
     InstanceDeregisterRequest,
@@ -53,15 +71,21 @@ from polaris_sdk.provider.flow import (
 from polaris_sdk.scheduler import Scheduler, TimerHandle
 from polaris_sdk.validation import instance_id
 
-__all__ = ["OwnedStatusListener", "RegisterFlow", "StatusListener"]
+__all__ = ["STATUS_DRAIN_TIMEOUT", "OwnedStatusListener", "RegisterFlow", "StatusListener"]
 
 logger = logging.getLogger("polaris_sdk.provider.heartbeat")
 
 StatusListener = Callable[[RegistrationStatus], None]
 OwnedStatusListener = Callable[[RegistrationStatus, object], None]
 """Called with a status and the owner given to :meth:`RegisterFlow.register`."""
-_STRIPES = 64
-_LOG_EVERY = 10
+
+STATUS_DRAIN_TIMEOUT: Final = 2.0
+"""Seconds a closing flow (or facade) waits for listeners to take the statuses already posted."""
+STATUS_THREAD: Final = "polaris-status"
+_STATUS_WORKERS: Final = 4
+_LOG_EVERY: Final = 10
+
+_Delivery = tuple[RegistrationStatus, object]
 
 
 class _Connector(Registrar, HeartbeatSender, Protocol):
@@ -71,14 +95,20 @@ class _Connector(Registrar, HeartbeatSender, Protocol):
 AddressKey = tuple[str, str, str, int, str]
 
 
-def _address_key(namespace: str, service: str, host: str, port: int, vpc_id: str) -> AddressKey:
-    return (namespace, service, host, port, vpc_id)
-
-
 class _Registration:
-    """One tracked instance: its core, its pending timer and its locks."""
+    """One tracked instance: its core, its pending timer, its requests and its locks."""
 
-    __slots__ = ("core", "handle", "heartbeat_req", "io_lock", "lock", "owner", "stopped", "track")
+    __slots__ = (
+        "core",
+        "deregister_req",
+        "handle",
+        "heartbeat_req",
+        "io_lock",
+        "lock",
+        "owner",
+        "stopped",
+        "track",
+    )
 
     def __init__(self, core: RegistrationCore, owner: object, track: bool) -> None:
         req = core.request
@@ -86,6 +116,15 @@ class _Registration:
         self.owner = owner
         self.track = track  # heartbeats on (TTL health check) or only remembered
         self.heartbeat_req = InstanceHeartbeatRequest(
+            namespace=req.namespace,
+            service=req.service,
+            host=req.host,
+            port=req.port,
+            instance_id=core.instance_id,
+            vpc_id=req.vpc_id,
+            service_token=req.service_token,
+        )
+        self.deregister_req = InstanceDeregisterRequest(
             namespace=req.namespace,
             service=req.service,
             host=req.host,
@@ -102,7 +141,19 @@ class _Registration:
     @property
     def address(self) -> AddressKey:
         r = self.core.request
-        return _address_key(r.namespace, r.service, r.host, r.port, r.vpc_id)
+        return (r.namespace, r.service, r.host, r.port, r.vpc_id)
+
+
+class _IdLock:
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.users = 0  # holders and waiters; the entry is dropped at zero
+
+
+def _owner_closed(owner: object) -> bool:
+    return getattr(owner, "closed", False) is True
 
 
 class RegisterFlow:
@@ -117,11 +168,14 @@ class RegisterFlow:
         self._connector = connector
         self._scheduler = scheduler
         self._config = config
-        self._lock = threading.Lock()
-        self._stripes = [threading.Lock() for _ in range(_STRIPES)]
+        self._lock = threading.Lock()  # guards the maps below; never held across I/O
+        self._id_locks: dict[str, _IdLock] = {}
         self._by_id: dict[str, _Registration] = {}
         self._by_address: dict[AddressKey, str] = {}
-        self._listeners: list[OwnedStatusListener] = []
+        self._listeners: list[tuple[OwnedStatusListener, Mailbox[_Delivery]]] = []
+        self._registering = 0  # register() calls past the open check
+        self._registered_all = threading.Condition(self._lock)  # notified when that drops to 0
+        self._dispatcher = Dispatcher(STATUS_THREAD, max_workers=_STATUS_WORKERS)
         self._closed = False
 
     # -------------------------------------------------------------- public
@@ -131,13 +185,25 @@ class RegisterFlow:
         return self._closed
 
     def add_listener(self, listener: OwnedStatusListener) -> None:
-        with self._lock:
-            self._listeners.append(listener)
+        def deliver(item: _Delivery) -> None:
+            listener(*item)
 
-    def remove_listener(self, listener: OwnedStatusListener) -> None:
+        mailbox = self._dispatcher.mailbox(deliver, f"status listener {listener!r}")
         with self._lock:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
+            self._listeners.append((listener, mailbox))
+
+    def remove_listener(self, listener: OwnedStatusListener, *, drain: float = 0.0) -> None:
+        """Stop calling ``listener``; wait up to ``drain`` seconds for what was posted to it."""
+        with self._lock:
+            found = [m for known, m in self._listeners if known == listener]
+            self._listeners = [(k, m) for k, m in self._listeners if k != listener]
+        for mailbox in found:
+            if drain > 0 and not self._closed and not mailbox.wait_idle(drain):
+                logger.warning(
+                    "a status listener is still busy after %.1fs; its queued statuses are dropped",
+                    drain,
+                )
+            mailbox.close()
 
     def register(
         self,
@@ -147,11 +213,17 @@ class RegisterFlow:
         owner: object = None,
         timeout: float | None = None,
     ) -> InstanceRegisterResponse:
-        """Register ``req`` and keep it registered until deregistered or closed."""
-        self._check_open()
+        """Register ``req`` and keep it registered until deregistered or closed.
+
+        ``existed`` in the answer is true when this flow already had the
+        instance registered (the new request replaced it) or the server
+        answered ExistedResource.
+        """
         heartbeats = req.enable_health_check
-        iid = self._id_for(req.namespace, req.service, req.host, req.port, req.vpc_id, req)
-        with self._stripe(iid):
+        iid = req.instance_id or self._id_for(
+            req.namespace, req.service, req.host, req.port, req.vpc_id
+        )
+        with self._in_flight(), self._instance_lock(iid):
             old = self._untrack(iid)
             if old is not None:
                 self._stop(old)
@@ -161,7 +233,7 @@ class RegisterFlow:
                 )
             except BaseException:
                 if old is not None:
-                    self._resume(old)
+                    self._resume(old, timeout)
                 raise
             core = RegistrationCore(
                 resp.instance_id,
@@ -171,11 +243,11 @@ class RegisterFlow:
             )
             reg = _Registration(core, owner, heartbeats)
             step = core.registered(time.monotonic())
-            with self._lock:
-                if self._closed:
-                    raise ClosedError("the provider is closed")
-                self._by_id[resp.instance_id] = reg
-                self._by_address[reg.address] = resp.instance_id
+            if not self._track(reg):
+                # close() ran while the request was on the wire and could not
+                # see this instance: take it off the server again ourselves.
+                self._deregister_quietly(reg, timeout)
+                raise ClosedError("the provider was closed while registering; deregistered again")
             if heartbeats:
                 self._arm(reg, step)
         logger.info(
@@ -187,35 +259,27 @@ class RegisterFlow:
             resp.instance_id,
             ttl if heartbeats else "-",
         )
-        return resp
+        return dataclasses.replace(resp, existed=resp.existed or old is not None)
 
     def deregister(self, req: InstanceDeregisterRequest, *, timeout: float | None = None) -> None:
         """Stop the instance's heartbeats (if tracked), then deregister it."""
         iid = req.instance_id
         if iid is None:
-            iid = self._id_for(req.namespace, req.service, req.host, req.port, req.vpc_id, None)
-        with self._stripe(iid):
+            iid = self._id_for(req.namespace, req.service, req.host, req.port, req.vpc_id)
+        with self._instance_lock(iid):
             reg = self._untrack(iid)
             if reg is not None:
                 self._stop(reg)
                 if req.instance_id is None:
                     # Name the tracked id: the instance may have been
                     # registered with an id of its own.
-                    req = InstanceDeregisterRequest(
-                        namespace=req.namespace,
-                        service=req.service,
-                        host=req.host,
-                        port=req.port,
-                        instance_id=iid,
-                        vpc_id=req.vpc_id,
-                        service_token=req.service_token,
-                    )
+                    req = dataclasses.replace(req, instance_id=iid)
             self._connector.deregister_instance(req, timeout=timeout)
         logger.info("deregistered %s", iid)
 
     def stop(self, instance_id: str) -> bool:
         """Stop heartbeating ``instance_id`` without deregistering it; True if it was tracked."""
-        with self._stripe(instance_id):
+        with self._instance_lock(instance_id):
             reg = self._untrack(instance_id)
             if reg is None:
                 return False
@@ -245,9 +309,9 @@ class RegisterFlow:
     ) -> None:
         """Stop the instances (``owner``'s, or all and the flow) and deregister them.
 
-        ``deregister`` defaults to ``provider.deregisterOnClose``; the whole
-        close takes at most ``timeout`` (default: ``global.api.timeout`` per
-        thousand instances).
+        ``deregister`` defaults to ``provider.deregisterOnClose``; the
+        deregistrations take at most ``timeout`` (default:
+        ``global.api.timeout`` per thousand instances).
         """
         if deregister is None:
             deregister = self._config.provider.deregister_on_close
@@ -263,6 +327,12 @@ class RegisterFlow:
             timeout = self._config.api.timeout * max(1, math.ceil(len(regs) / 1000))
         budget = timeout
         deadline = time.monotonic() + budget
+        # Stop every timer before queueing the deregistrations: heartbeats
+        # already handed to the workers then end at once instead of holding,
+        # each for a whole call timeout when the server does not answer, the
+        # workers the deregistrations wait for.
+        for reg in regs:
+            self._halt(reg)
         futures: list[Future[None]] = []
         for reg in regs:
             try:
@@ -275,6 +345,11 @@ class RegisterFlow:
                 logger.error("close: stopping an instance failed", exc_info=future.exception())
         if not_done:
             logger.warning("close: %d instances not deregistered in time", len(not_done))
+        if owner is None:
+            # A registration on the wire takes up to one api.timeout, then
+            # deregisters itself (see register()).
+            self._await_registrations(deadline + self._config.api.timeout)
+            self._close_listeners()
 
     # ------------------------------------------------------------ internal
 
@@ -282,23 +357,64 @@ class RegisterFlow:
         if self._closed:
             raise ClosedError("the provider is closed")
 
-    def _stripe(self, iid: str) -> threading.Lock:
-        return self._stripes[hash(iid) % _STRIPES]
-
-    def _id_for(
-        self,
-        namespace: str,
-        service: str,
-        host: str,
-        port: int | None,
-        vpc_id: str,
-        req: InstanceRegisterRequest | None,
-    ) -> str:
-        if req is not None and req.instance_id:
-            return req.instance_id
+    @contextmanager
+    def _in_flight(self) -> Iterator[None]:
+        """Count a register() call, refused once the flow is closed."""
         with self._lock:
-            known = self._by_address.get(_address_key(namespace, service, host, port or 0, vpc_id))
-        return known or instance_id(namespace, service, host, port or 0, vpc_id)
+            if self._closed:
+                raise ClosedError("the provider is closed")
+            self._registering += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._registering -= 1
+                if self._registering == 0:
+                    self._registered_all.notify_all()
+
+    def _await_registrations(self, deadline: float) -> None:
+        with self._lock:
+            while self._registering:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    logger.warning("close: %d registrations still on the wire", self._registering)
+                    return
+                self._registered_all.wait(remaining)
+
+    @contextmanager
+    def _instance_lock(self, iid: str) -> Iterator[None]:
+        """Serialise the calls about one instance id; other ids never wait on it."""
+        with self._lock:
+            entry = self._id_locks.get(iid)
+            if entry is None:
+                entry = self._id_locks[iid] = _IdLock()
+            entry.users += 1
+        try:
+            with entry.lock:
+                yield
+        finally:
+            with self._lock:
+                entry.users -= 1
+                if entry.users == 0:
+                    del self._id_locks[iid]
+
+    def _id_for(self, namespace: str, service: str, host: str, port: int | None, vpc: str) -> str:
+        address = (namespace, service, host, port or 0, vpc)
+        with self._lock:
+            known = self._by_address.get(address)
+        return known or instance_id(namespace, service, host, port or 0, vpc)
+
+    def _track(self, reg: _Registration) -> bool:
+        """Remember ``reg``; False (and nothing remembered) if its owner or the flow closed."""
+        iid = reg.core.instance_id
+        with self._lock:
+            # Checked under the lock close() takes its snapshot under: either
+            # close() sees this registration, or this sees the close.
+            if self._closed or _owner_closed(reg.owner):
+                return False
+            self._by_id[iid] = reg
+            self._by_address[reg.address] = iid
+            return True
 
     def _untrack(self, iid: str) -> _Registration | None:
         with self._lock:
@@ -307,13 +423,17 @@ class RegisterFlow:
                 del self._by_address[reg.address]
             return reg
 
-    def _stop(self, reg: _Registration) -> None:
-        """No more beats from ``reg``; returns once none is in flight."""
+    def _halt(self, reg: _Registration) -> None:
+        """No new beat from ``reg``; one in flight goes on."""
         with reg.lock:
             reg.stopped = True
             if reg.handle is not None:
                 reg.handle.cancel()
                 reg.handle = None
+
+    def _stop(self, reg: _Registration) -> None:
+        """No more beats from ``reg``; returns once none is in flight."""
+        self._halt(reg)
         with reg.io_lock:
             pass  # a beat or registration in flight has ended; none can start
         with reg.lock:
@@ -323,19 +443,28 @@ class RegisterFlow:
         if changed:
             self._notify(status, reg.owner)
 
-    def _resume(self, reg: _Registration) -> None:
+    def _resume(self, reg: _Registration, timeout: float | None) -> None:
+        """Put back the registration a failed re-registration replaced."""
         with reg.lock:
             reg.stopped = False
             step = reg.core.registered(time.monotonic())
-        with self._lock:
-            self._by_id[reg.core.instance_id] = reg
-            self._by_address[reg.address] = reg.core.instance_id
+        if not self._track(reg):
+            with reg.lock:
+                reg.stopped = True
+            self._deregister_quietly(reg, timeout)
+            return
         if reg.track:
             self._arm(reg, step)
 
+    def _deregister_quietly(self, reg: _Registration, timeout: float | None) -> None:
+        try:
+            self._connector.deregister_instance(reg.deregister_req, timeout=timeout)
+        except PolarisError as exc:
+            logger.warning("deregistering %s failed: %s", reg.core.instance_id, exc)
+
     def _finish(self, reg: _Registration, deregister: bool, deadline: float) -> None:
         iid = reg.core.instance_id
-        with self._stripe(iid):
+        with self._instance_lock(iid):
             with self._lock:
                 if self._by_id.get(iid) is reg:
                     del self._by_id[iid]
@@ -343,24 +472,22 @@ class RegisterFlow:
                         del self._by_address[reg.address]
             self._stop(reg)
             remaining = deadline - time.monotonic()
-            if not deregister or remaining <= 0:
-                return
-            r = reg.core.request
-            try:
-                self._connector.deregister_instance(
-                    InstanceDeregisterRequest(
-                        namespace=r.namespace,
-                        service=r.service,
-                        host=r.host,
-                        port=r.port,
-                        instance_id=iid,
-                        vpc_id=r.vpc_id,
-                        service_token=r.service_token,
-                    ),
-                    timeout=remaining,
+            if deregister and remaining > 0:
+                self._deregister_quietly(reg, remaining)
+
+    def _close_listeners(self) -> None:
+        deadline = time.monotonic() + STATUS_DRAIN_TIMEOUT
+        with self._lock:
+            mailboxes = [m for _, m in self._listeners]
+            self._listeners.clear()
+        for mailbox in mailboxes:
+            if not mailbox.wait_idle(max(0.0, deadline - time.monotonic())):
+                logger.warning(
+                    "a status listener is still busy after %.1fs; its queued statuses are dropped",
+                    STATUS_DRAIN_TIMEOUT,
                 )
-            except PolarisError as exc:
-                logger.warning("close: deregistering %s failed: %s", iid, exc)
+        # Idle threads leave at once; one stuck in a listener is logged and left.
+        self._dispatcher.close(max(0.2, deadline - time.monotonic()))
 
     def _arm(self, reg: _Registration, step: Step) -> None:
         with reg.lock:
@@ -370,12 +497,37 @@ class RegisterFlow:
                 reg.handle = self._scheduler.call_at(step.at, self._tick, reg, step)
             except ClosedError:
                 reg.handle = None
+            except Exception:
+                reg.handle = None
+                logger.exception(
+                    "%s: could not schedule the next %s; this instance is no longer kept alive",
+                    reg.core.instance_id,
+                    step.action.value,
+                )
 
     def _tick(self, reg: _Registration, step: Step) -> None:
+        # Whatever fails below, the loop goes on: by default the same step
+        # again one TTL from now.
+        nxt: Step | None = Step(step.action, time.monotonic() + reg.core.ttl)
+        try:
+            nxt = self._run(reg, step)
+        except Exception:
+            logger.exception(
+                "%s of %s failed unexpectedly; trying again in %ss",
+                step.action.value,
+                reg.core.instance_id,
+                reg.core.ttl,
+            )
+        finally:
+            if nxt is not None:
+                self._arm(reg, nxt)
+
+    def _run(self, reg: _Registration, step: Step) -> Step | None:
+        """Send the step and decide the next one; None if ``reg`` was stopped."""
         with reg.io_lock:
             with reg.lock:
                 if reg.stopped:
-                    return
+                    return None
                 before = reg.core.state
             error: PolarisError | None = None
             timeout = min(self._config.api.timeout, float(reg.core.ttl))
@@ -396,7 +548,7 @@ class RegisterFlow:
             now = time.monotonic()
             with reg.lock:
                 if reg.stopped:
-                    return
+                    return None
                 core = reg.core
                 if step.action is Action.HEARTBEAT:
                     if error is None:
@@ -409,9 +561,9 @@ class RegisterFlow:
                     nxt = core.register_failed(error, now)
                 status = core.status()
         self._log(step, status, before, nxt)
-        self._arm(reg, nxt)
         if status.state is not before:
             self._notify(status, reg.owner)
+        return nxt
 
     def _log(
         self, step: Step, status: RegistrationStatus, before: RegistrationState, nxt: Step
@@ -442,18 +594,6 @@ class RegisterFlow:
 
     def _notify(self, status: RegistrationStatus, owner: object) -> None:
         with self._lock:
-            listeners = list(self._listeners)
-        for listener in listeners:
-            try:
-                self._scheduler.submit(self._call_listener, listener, status, owner)
-            except ClosedError:
-                self._call_listener(listener, status, owner)
-
-    @staticmethod
-    def _call_listener(
-        listener: OwnedStatusListener, status: RegistrationStatus, owner: object
-    ) -> None:
-        try:
-            listener(status, owner)
-        except Exception:
-            logger.exception("registration status listener failed")
+            mailboxes = [m for _, m in self._listeners]
+        for mailbox in mailboxes:
+            mailbox.post((status, owner))

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from polaris_sdk.cache.dispatch import BATCH, Dispatcher
+from polaris_sdk.dispatch import BATCH, Dispatcher
 from tests.support import wait_until
 
 pytestmark = pytest.mark.usefixtures("no_thread_leak")
@@ -42,7 +42,7 @@ def test_a_raising_callback_is_logged_and_keeps_receiving(
             raise RuntimeError(f"boom {item}")
 
     box = dispatcher.mailbox(flaky, "flaky")
-    with caplog.at_level(logging.ERROR, logger="polaris_sdk.cache.dispatch"):
+    with caplog.at_level(logging.ERROR, logger="polaris_sdk.dispatch"):
         for n in range(6):
             box.post(n)
         wait_until(lambda: len(seen) == 6)

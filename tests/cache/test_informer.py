@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from polaris_sdk.cache.dispatch import Dispatcher
 from polaris_sdk.cache.informer import Informer, diff, initial_event
 from polaris_sdk.cache.persist import DiskBackup
 from polaris_sdk.cache.store import Store
+from polaris_sdk.dispatch import Dispatcher
 from polaris_sdk.model import ServiceChangeEvent, ServiceKey
 from tests.consumer.helpers import make_instance, make_snapshot
 from tests.support import wait_until

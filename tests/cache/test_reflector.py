@@ -223,3 +223,79 @@ def test_a_closed_scheduler_ends_the_loop() -> None:
     reflector.run_once()
     reflector.start()
     assert reflector.stopped
+
+
+def test_a_failure_after_the_round_still_rearms_the_loop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    lister = FakeLister()
+    lister.script(KEY, ONE, None, TWO)
+    reflector, sink, scheduler, _ = make(lister)
+    reflector.run_once()
+    reflector.start()
+    real = reflector._next_delay
+    faults = iter([RuntimeError("injected")])
+
+    def next_delay() -> float:
+        fault = next(faults, None)
+        if fault is not None:
+            raise fault
+        return real()
+
+    reflector._next_delay = next_delay  # type: ignore[method-assign]
+    with caplog.at_level(logging.ERROR, logger="polaris_sdk.cache.reflector"):
+        scheduler.run_next()
+    assert any(r.exc_info and "injected" in str(r.exc_info[1]) for r in caplog.records)
+    # Re-armed with the plain refresh interval in place of the failed computation.
+    assert scheduler.live() == [1.0]
+    scheduler.run_next()
+    assert sink.snapshot is TWO and scheduler.live()
+
+
+class RaisingStateSink(Sink):
+    """A sink whose state callback fails, as a broken informer would."""
+
+    def state_changed(self, key: ServiceKey, state: ConnectionState) -> None:
+        super().state_changed(key, state)
+        raise RuntimeError(f"state sink broke on {state.value}")
+
+
+def test_a_failing_sink_is_logged_and_the_loop_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    lister = FakeLister()
+    lister.script(KEY, ONE, NetworkError("down"), TWO, TWO)
+    sink, scheduler = RaisingStateSink(), ManualScheduler()
+    reflector = Reflector(
+        KEY,
+        ListerWatcher(lister, probe_interval=0.0),
+        scheduler,
+        sink,
+        CacheOptions(refresh_interval=1.0),
+    )
+    reflector.run_once()
+    reflector.start()
+    with caplog.at_level(logging.ERROR, logger="polaris_sdk.cache.reflector"):
+        scheduler.run_next()  # fails: SUSPENDED, whose report raises
+        scheduler.run_next()  # recovers: CONNECTED, whose report raises
+        scheduler.run_next()
+    assert sink.states == [ConnectionState.SUSPENDED, ConnectionState.CONNECTED]
+    assert sum("state sink broke" in str(r.exc_info[1]) for r in caplog.records if r.exc_info) == 2
+    assert sink.snapshot is TWO and len(scheduler.live()) == 1
+
+
+def test_a_scheduler_that_refuses_the_next_round_is_reported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    lister = FakeLister()
+    lister.script(KEY, ONE)
+    reflector, _, scheduler, _ = make(lister)
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("timer heap broke")
+
+    scheduler.call_later = broken  # type: ignore[method-assign, assignment]
+    reflector.run_once()
+    with caplog.at_level(logging.ERROR, logger="polaris_sdk.cache.reflector"):
+        reflector.start()
+    assert any("could not schedule" in r.getMessage() for r in caplog.records)

@@ -7,27 +7,43 @@ import pytest
 
 from polaris_sdk import ConsumerAPI, ProviderAPI, SDKContext
 from polaris_sdk.server import PolarisServer
+from tests.connector.servers import TRANSPORTS, address_of
 
 REFRESH = 0.2
 """The refresh interval of the consumer tests: short, so changes arrive fast."""
 
 
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    """Every consumer test on the server runs once per transport: ``grpc`` and ``http``."""
+    return str(request.param)
+
+
 @pytest.fixture
 def server(no_thread_leak: None) -> Iterator[PolarisServer]:
-    """A running embedded server on a free loopback port."""
+    """A running embedded server on free loopback ports."""
     with PolarisServer(grpc_port=0, health_check_interval=0.1) as running:
         yield running
 
 
 @pytest.fixture
-def make_context(server: PolarisServer) -> Iterator[Callable[..., SDKContext]]:
+def sdk_settings(server: PolarisServer, transport: str) -> dict[str, Any]:
+    """What SDKContext.create needs to reach ``server`` over this test's transport."""
+    return {
+        "addresses": [address_of(server, transport)],
+        "global.serverConnector.protocol": transport,
+    }
+
+
+@pytest.fixture
+def make_context(sdk_settings: dict[str, Any]) -> Iterator[Callable[..., SDKContext]]:
     """Contexts on ``server`` (closed after the test), with a short refresh interval."""
     made: list[SDKContext] = []
 
     def make(**settings: Any) -> SDKContext:
         settings.setdefault("refresh_interval", REFRESH)
         settings.setdefault("global.api.timeout", "1s")
-        ctx = SDKContext.create(addresses=[server.grpc_address], **settings)
+        ctx = SDKContext.create(**{**sdk_settings, **settings})
         made.append(ctx)
         return ctx
 

@@ -43,3 +43,10 @@ def test_route_falls_back_to_every_instance_when_nothing_qualifies() -> None:
 
 def test_route_of_an_empty_service_is_empty_without_fallback() -> None:
     assert route(()) == ((), False)
+
+
+def test_route_answers_the_same_tuple_when_nothing_is_filtered_out() -> None:
+    instances = (make_instance(1, metadata={"env": "prod"}), make_instance(2))
+    candidates, fallback = route(instances)
+    assert candidates is instances and not fallback
+    assert route(instances, metadata_key({"env": "prod"}))[0] == instances[:1]

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -13,7 +13,18 @@ from polaris_sdk import (
     ServiceKey,
 )
 from polaris_sdk.server import PolarisServer
-from tests.connector.servers import RecordingAuthorizer, fast_config
+from tests.connector.servers import (
+    TRANSPORTS,
+    RecordingAuthorizer,
+    address_of,
+    transport_config,
+)
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    """Every provider test runs once per transport: ``grpc`` and ``http``."""
+    return str(request.param)
 
 
 @pytest.fixture
@@ -29,8 +40,24 @@ def server(no_thread_leak: None, authorizer: RecordingAuthorizer) -> Iterator[Po
 
 
 @pytest.fixture
-def config(server: PolarisServer) -> Configuration:
-    return fast_config(server.grpc_address)
+def address(server: PolarisServer, transport: str) -> str:
+    """``host:port`` of the server's API for this test's transport."""
+    return address_of(server, transport)
+
+
+@pytest.fixture
+def make_config(transport: str) -> Callable[..., Configuration]:
+    """``make_config(*addresses, **settings)``: short timeouts, this test's transport."""
+
+    def make(*addresses: str, **settings: object) -> Configuration:
+        return transport_config(transport, *addresses, **settings)
+
+    return make
+
+
+@pytest.fixture
+def config(make_config: Callable[..., Configuration], address: str) -> Configuration:
+    return make_config(address)
 
 
 @pytest.fixture

@@ -14,15 +14,18 @@ import pytest
 
 from polaris_sdk import SDKContext
 from polaris_sdk.server import PolarisServer
+from polaris_sdk.server.auth import Action
+from tests.connector.servers import RecordingAuthorizer, address_of
 from tests.provider.conftest import listed
 from tests.support import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def spawn(server: PolarisServer, *argv: str) -> subprocess.Popen[str]:
+def spawn(server: PolarisServer, transport: str, *argv: str) -> subprocess.Popen[str]:
     env = dict(os.environ)
-    env["POLARIS_ADDRESSES"] = server.grpc_address
+    env["POLARIS_ADDRESSES"] = address_of(server, transport)
+    env["POLARIS_PROTOCOL"] = transport
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.Popen(
         [sys.executable, *argv],
@@ -47,10 +50,21 @@ def process_guard() -> Iterator[list[subprocess.Popen[str]]]:
 
 
 def test_example_registers_and_deregisters_on_ctrl_c(
-    server: PolarisServer, observer: SDKContext, process_guard: list[subprocess.Popen[str]]
+    server: PolarisServer,
+    transport: str,
+    observer: SDKContext,
+    process_guard: list[subprocess.Popen[str]],
 ) -> None:
     proc = spawn(
-        server, "examples/provider.py", "--service", "example", "--port", "9999", "--ttl", "1"
+        server,
+        transport,
+        "examples/provider.py",
+        "--service",
+        "example",
+        "--port",
+        "9999",
+        "--ttl",
+        "1",
     )
     process_guard.append(proc)
     wait_until(lambda: listed(observer, "example") or proc.poll() is not None, timeout=30)
@@ -77,9 +91,12 @@ SCRIPT = textwrap.dedent(
 
 
 def test_deregister_on_exit_handles_sigterm(
-    server: PolarisServer, observer: SDKContext, process_guard: list[subprocess.Popen[str]]
+    server: PolarisServer,
+    transport: str,
+    observer: SDKContext,
+    process_guard: list[subprocess.Popen[str]],
 ) -> None:
-    proc = spawn(server, "-c", SCRIPT, "sigterm", "wait")
+    proc = spawn(server, transport, "-c", SCRIPT, "sigterm", "wait")
     process_guard.append(proc)
     assert proc.stdout is not None
     line = proc.stdout.readline()  # the handler is installed once "ready" is printed
@@ -93,12 +110,71 @@ def test_deregister_on_exit_handles_sigterm(
 
 
 def test_deregister_on_exit_at_interpreter_exit(
-    server: PolarisServer, observer: SDKContext, process_guard: list[subprocess.Popen[str]]
+    server: PolarisServer,
+    transport: str,
+    observer: SDKContext,
+    authorizer: RecordingAuthorizer,
+    process_guard: list[subprocess.Popen[str]],
 ) -> None:
-    proc = spawn(server, "-c", SCRIPT, "atexit", "return")
+    proc = spawn(server, transport, "-c", SCRIPT, "atexit", "return")
     process_guard.append(proc)
     output, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, output
     assert listed(observer, "atexit") == {}
-    # It was registered: the server knows the service it created.
-    assert server.naming is not None
+    assert registered_then_deregistered(authorizer, "atexit"), output
+
+
+def registered_then_deregistered(authorizer: RecordingAuthorizer, service: str) -> bool:
+    seen = [r.action for r in authorizer.actions(service=service)]
+    wanted = [a for a in seen if a in (Action.REGISTER, Action.DEREGISTER)]
+    return wanted == [Action.REGISTER, Action.DEREGISTER]
+
+
+SIGNAL_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys, threading
+    from polaris_sdk import ProviderAPI
+
+    def previous(signum, frame):
+        left = len(provider.registrations())
+        print(f"previous handler on {threading.current_thread().name}, {left} left", flush=True)
+        sys.exit(3)
+
+    if sys.argv[2] == "previous":
+        signal.signal(signal.SIGTERM, previous)
+    provider = ProviderAPI.create()
+    provider.register_instance(service=sys.argv[1], host="127.0.0.1", port=1, ttl=1)
+    provider.deregister_on_exit()
+    # The signal lands while this thread holds the lock the flow's calls take.
+    with provider._flow._lock:
+        os.kill(os.getpid(), signal.SIGTERM)
+        print("handler returned", flush=True)
+    threading.Event().wait()
+    """
+)
+
+
+def test_sigterm_while_the_main_thread_holds_a_flow_lock_still_deregisters(
+    server: PolarisServer,
+    authorizer: RecordingAuthorizer,
+    process_guard: list[subprocess.Popen[str]],
+) -> None:
+    proc = spawn(server, "grpc", "-c", SIGNAL_SCRIPT, "locked", "default")
+    process_guard.append(proc)
+    output, _ = proc.communicate(timeout=30)
+    assert "handler returned" in output, output
+    assert proc.returncode == -signal.SIGTERM, output
+    assert registered_then_deregistered(authorizer, "locked"), output
+
+
+def test_the_previous_handler_runs_on_the_main_thread_after_close(
+    server: PolarisServer,
+    authorizer: RecordingAuthorizer,
+    process_guard: list[subprocess.Popen[str]],
+) -> None:
+    proc = spawn(server, "grpc", "-c", SIGNAL_SCRIPT, "chained", "previous")
+    process_guard.append(proc)
+    output, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 3, output
+    assert "previous handler on MainThread, 0 left" in output, output
+    assert registered_then_deregistered(authorizer, "chained"), output

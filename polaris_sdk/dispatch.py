@@ -1,12 +1,15 @@
 """Delivery of events to user callbacks: one mailbox per callback, a shared elastic pool.
 
+Used wherever user code is called back: the consumer cache's watch
+listeners and the provider's registration status listeners.
+
 Guarantees:
 
 * Each callback gets its items in the order they were posted, one at a time
   (never two calls of the same callback at once).
 * Posting never blocks and never runs user code: it appends to the mailbox
   and, if the mailbox was idle, hands it to the pool.
-* A callback that raises is logged (``polaris_sdk.cache.dispatch``) and gets
+* A callback that raises is logged (``polaris_sdk.dispatch``) and gets
   the next item as usual; the worker carries on.
 * A slow callback ties up one worker, not the pool: when every worker is busy
   and work is waiting, the pool starts another thread, up to ``max_workers``.
@@ -21,7 +24,8 @@ Guarantees:
   worker and joins them; a worker stuck inside a callback past the deadline
   is logged and left as a daemon thread (Python cannot stop it).
 * :meth:`Mailbox.close` (unwatching) drops that mailbox's queued items; an
-  item already being delivered completes.
+  item already being delivered completes. :meth:`Mailbox.wait_idle` waits,
+  up to a deadline, for the items already posted to be delivered first.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from typing import Final, Generic, TypeVar
 
 __all__ = ["BATCH", "Dispatcher", "Mailbox"]
 
-logger = logging.getLogger("polaris_sdk.cache.dispatch")
+logger = logging.getLogger("polaris_sdk.dispatch")
 
 T = TypeVar("T")
 BATCH: Final = 32
@@ -126,13 +130,14 @@ class Mailbox(Generic[T]):
         self.callback = callback
         self._pool = pool
         self._label = label
-        self._lock = threading.Lock()
+        self._cond = threading.Condition(threading.Lock())
         self._items: deque[T] = deque()
         self._scheduled = False
         self._closed = False
+        self._runner: threading.Thread | None = None
 
     def post(self, item: T) -> None:
-        with self._lock:
+        with self._cond:
             if self._closed:
                 return
             self._items.append(item)
@@ -140,42 +145,66 @@ class Mailbox(Generic[T]):
                 return
             self._scheduled = True
         if not self._pool.submit(self._drain):
-            with self._lock:
-                self._scheduled = False
+            with self._cond:
                 self._items.clear()
+                self._idle()
 
     def pending(self) -> int:
         return len(self._items)
 
     def close(self) -> None:
-        with self._lock:
+        with self._cond:
             self._closed = True
             self._items.clear()
 
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until every item posted so far was delivered; False if ``timeout`` ran out.
+
+        From inside the callback it returns at once (it would wait for itself).
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            if self._runner is threading.current_thread():
+                return not self._items
+            while self._scheduled:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return True
+
+    def _idle(self) -> None:
+        # Called with the lock held.
+        self._scheduled = False
+        self._runner = None
+        self._cond.notify_all()
+
     def _drain(self) -> None:
         for _ in range(BATCH):
-            with self._lock:
+            with self._cond:
                 if not self._items or self._closed:
-                    self._scheduled = False
+                    self._idle()
                     return
                 item = self._items.popleft()
+                self._runner = threading.current_thread()
             try:
                 self.callback(item)
             except Exception:
                 logger.exception("callback %s raised; it keeps receiving events", self._label)
-        with self._lock:
+        with self._cond:
+            self._runner = None
             if not self._items or self._closed:
-                self._scheduled = False
+                self._idle()
                 return
         # More is waiting: go to the back of the pool's queue so other
         # mailboxes get a turn. _scheduled stays true meanwhile.
         if not self._pool.submit(self._drain):
-            with self._lock:
-                self._scheduled = False
+            with self._cond:
+                self._idle()
 
 
 class Dispatcher:
-    """Owns the worker pool shared by every mailbox of one cache."""
+    """Owns the worker pool shared by every mailbox of one owner (a cache, a provider flow)."""
 
     def __init__(
         self, name: str = "polaris-listener", max_workers: int = 8, idle_timeout: float = 30.0
