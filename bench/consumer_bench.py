@@ -18,6 +18,8 @@ Four measurements, each bounded in time and size:
 
     .venv/bin/python bench/consumer_bench.py                 # print the section
     .venv/bin/python bench/consumer_bench.py --write-readme  # also record it in bench/README.md
+    .venv/bin/python bench/consumer_bench.py --only selection --write-readme
+        # measure selection alone (a few seconds) and replace only its part
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ from polaris_sdk.model import ServiceInstances, service_instances_from_wire  # n
 
 README = ROOT / "bench" / "README.md"
 HEADING = "## Consumer (bench/consumer_bench.py)"
+SELECTION_HEADING = "**Selection**"
+NEXT_AFTER_SELECTION = "**Propagation**"
 SIZES = (10, 1_000, 10_000)
 POLICIES = ("weightedRandom", "ringHash", "roundRobin")
 MEMORY_INSTANCES = 100_000
@@ -222,6 +226,14 @@ def bench_selection(budget: float) -> tuple[dict[tuple[int, str], float], dict[i
             rates[(size, "request object")] = rate(
                 functools.partial(consumer.get_one_instance, request), budget
             )
+            zone = {"zone": "zone-1"}  # a third of the instances
+            rates[(size, "metadata filter")] = rate(
+                functools.partial(consumer.get_one_instance, service=service, metadata=zone),
+                budget,
+            )
+            rates[(size, "get_instances")] = rate(
+                functools.partial(consumer.get_instances, service=service), budget
+            )
     return rates, ring_build
 
 
@@ -361,29 +373,30 @@ def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, round(q * (len(values) - 1)))] if values else float("nan")
 
 
-def render(
-    rates: dict[tuple[int, str], float],
-    ring_build: dict[int, float],
-    latencies: dict[float, list[float]],
-    idle: dict[str, float],
-    memory: dict[str, float],
-    budget: float,
-) -> str:
-    columns = ("random.choice", *POLICIES, "request object")
+def _machine() -> str:
+    return (
+        f"{_cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{platform.system()}"
+    )
+
+
+def render_selection(
+    rates: dict[tuple[int, str], float], ring_build: dict[int, float], budget: float
+) -> list[str]:
+    """The selection part of the section, from its heading to the blank line after it."""
+    columns = ("random.choice", *POLICIES, "request object", "metadata filter", "get_instances")
     lines = [
-        HEADING,
-        "",
-        f"Measured {datetime.date.today().isoformat()} on {_cpu_model()}, "
-        f"{os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}. "
-        "Other work shared the machine, so read the figures as a floor.",
-        "",
-        "**Selection**: `get_one_instance(service=..., lb_policy=...)` calls per second "
+        f"{SELECTION_HEADING} (measured {datetime.date.today().isoformat()} on {_machine()}): "
+        "`get_one_instance(service=..., lb_policy=...)` calls per second "
         f"(best of three windows in about {budget:g} s, one thread; µs per call in "
         "brackets), beside "
         '`random.choice` over a plain list in the same run. "request object" passes a '
-        "prepared `GetOneInstanceRequest` (weightedRandom) instead of keywords. The snapshot "
-        "comes from an in-process stand-in for the connector: after the first call selection "
-        "never touches the network.",
+        'prepared `GetOneInstanceRequest` (weightedRandom) instead of keywords; "metadata '
+        'filter" adds `metadata={"zone": "zone-1"}` (a third of the instances; '
+        'weightedRandom); "get_instances" is `get_instances(service=...)`. Except in '
+        '"request object", each SDK call includes building the request dataclass from its '
+        "keywords. The snapshot comes from an in-process stand-in for the connector: after "
+        "the first call selection never touches the network.",
         "",
         "| instances | " + " | ".join(columns) + " |",
         "|---" * (len(columns) + 1) + "|",
@@ -396,10 +409,31 @@ def render(
     builds = ", ".join(f"{size:,}: {secs * 1000:.1f} ms" for size, secs in ring_build.items())
     lines += [
         "",
-        "Filtering, cumulative weights and hash rings are built once per snapshot (and "
-        "rebuilt in the background when a snapshot changes), so a call stays flat as the "
-        f"instance count grows. One-off hash-ring build (40 points per instance): {builds}.",
+        "Filtering, cumulative weights and hash rings are built once per snapshot and "
+        "filter and kept in a bounded LRU cache per kind (the unfiltered ones and the most "
+        "recently used are rebuilt in the background when a snapshot changes), so a call "
+        "stays flat as the instance count grows. One-off hash-ring build (40 points per "
+        f"instance): {builds}.",
         "",
+    ]
+    return lines
+
+
+def render(
+    rates: dict[tuple[int, str], float],
+    ring_build: dict[int, float],
+    latencies: dict[float, list[float]],
+    idle: dict[str, float],
+    memory: dict[str, float],
+    budget: float,
+) -> str:
+    lines = [
+        HEADING,
+        "",
+        f"Measured {datetime.date.today().isoformat()} on {_machine()}. "
+        "Other work shared the machine, so read the figures as a floor.",
+        "",
+        *render_selection(rates, ring_build, budget),
         "**Propagation** from the RegisterInstance answer to the watching listener, "
         "server `python -m polaris_sdk.server` in its own process, registrations at random "
         "moments of the refresh cycle:",
@@ -439,10 +473,22 @@ def render(
         "",
         "Run it: `.venv/bin/python bench/consumer_bench.py` (prints this section; about two "
         "minutes); `--write-readme` records it here; `--budget` sets the seconds per "
-        "selection figure, `--window` the idle-CPU window.",
+        "selection figure, `--window` the idle-CPU window; `--only selection` measures "
+        "selection alone and, with `--write-readme`, replaces only its part.",
         "",
     ]
     return "\n".join(lines)
+
+
+def write_selection(block: list[str]) -> None:
+    """Replace only the selection part of the section in bench/README.md."""
+    text = README.read_text(encoding="utf-8")
+    section = text.find(HEADING)
+    start = text.find(SELECTION_HEADING, section)
+    end = text.find(NEXT_AFTER_SELECTION, start)
+    if section == -1 or start == -1 or end == -1:
+        raise SystemExit("no selection part in bench/README.md; run the whole benchmark")
+    README.write_text(text[:start] + "\n".join(block) + "\n" + text[end:], encoding="utf-8")
 
 
 def write_readme(section: str) -> None:
@@ -462,10 +508,19 @@ def main() -> int:
     parser.add_argument("--budget", type=float, default=1.0, help="seconds per selection figure")
     parser.add_argument("--window", type=float, default=20.0, help="idle CPU window, seconds")
     parser.add_argument("--write-readme", action="store_true", help="update bench/README.md")
+    parser.add_argument(
+        "--only", choices=["selection"], help="run one part and update only that part"
+    )
     args = parser.parse_args()
 
     print("selection ...", file=sys.stderr)
     rates, ring_build = bench_selection(args.budget)
+    if args.only == "selection":
+        block = render_selection(rates, ring_build, args.budget)
+        print("\n".join(block))
+        if args.write_readme:
+            write_selection(block)
+        return 0
     print("memory ...", file=sys.stderr)
     memory = bench_memory()
     server = ServerProcess()
