@@ -1,41 +1,80 @@
 """polaris_sdk: a Python SDK for the PolarisMesh service registry.
 
-The public API is re-exported here; ``__all__`` lists it.
+The public API is re-exported here; ``__all__`` lists it. Names are loaded on
+first use (PEP 562), so ``import polaris_sdk`` (and the pytest plugin, which
+pytest loads in every run) stays cheap until something is actually used.
 """
 
-from polaris_sdk.config import Configuration
-from polaris_sdk.consumer import ConnectionState, ConsumerAPI
-from polaris_sdk.context import SDKContext
-from polaris_sdk.errors import (
-    AuthError,
-    BadRequestError,
-    ClosedError,
-    ConfigError,
-    InstanceNotFoundError,
-    NetworkError,
-    PolarisError,
-    PolarisTimeoutError,
-    ResourceNotFoundError,
-    ServerError,
-    ValidationError,
-)
-from polaris_sdk.model import (
-    GetAllInstancesRequest,
-    GetInstancesRequest,
-    GetOneInstanceRequest,
-    Instance,
-    InstanceDeregisterRequest,
-    InstanceHeartbeatRequest,
-    InstanceRegisterRequest,
-    InstanceRegisterResponse,
-    ServiceChangeEvent,
-    ServiceInstances,
-    ServiceKey,
-    WatchServiceRequest,
-)
-from polaris_sdk.provider import ProviderAPI
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from polaris_sdk.config import Configuration
+    from polaris_sdk.consumer import ConnectionState, ConsumerAPI
+    from polaris_sdk.context import SDKContext
+    from polaris_sdk.errors import (
+        AuthError,
+        BadRequestError,
+        ClosedError,
+        ConfigError,
+        InstanceNotFoundError,
+        NetworkError,
+        PolarisError,
+        PolarisTimeoutError,
+        ResourceNotFoundError,
+        ServerError,
+        ValidationError,
+    )
+    from polaris_sdk.model import (
+        GetAllInstancesRequest,
+        GetInstancesRequest,
+        GetOneInstanceRequest,
+        Instance,
+        InstanceDeregisterRequest,
+        InstanceHeartbeatRequest,
+        InstanceRegisterRequest,
+        InstanceRegisterResponse,
+        ServiceChangeEvent,
+        ServiceInstances,
+        ServiceKey,
+        WatchServiceRequest,
+    )
+    from polaris_sdk.provider import ProviderAPI
 
 __version__ = "0.1.0.dev0"
+
+_EXPORTS: dict[str, str] = {
+    "AuthError": "polaris_sdk.errors",
+    "BadRequestError": "polaris_sdk.errors",
+    "ClosedError": "polaris_sdk.errors",
+    "ConfigError": "polaris_sdk.errors",
+    "Configuration": "polaris_sdk.config",
+    "ConnectionState": "polaris_sdk.consumer",
+    "ConsumerAPI": "polaris_sdk.consumer",
+    "GetAllInstancesRequest": "polaris_sdk.model",
+    "GetInstancesRequest": "polaris_sdk.model",
+    "GetOneInstanceRequest": "polaris_sdk.model",
+    "Instance": "polaris_sdk.model",
+    "InstanceDeregisterRequest": "polaris_sdk.model",
+    "InstanceHeartbeatRequest": "polaris_sdk.model",
+    "InstanceNotFoundError": "polaris_sdk.errors",
+    "InstanceRegisterRequest": "polaris_sdk.model",
+    "InstanceRegisterResponse": "polaris_sdk.model",
+    "NetworkError": "polaris_sdk.errors",
+    "PolarisError": "polaris_sdk.errors",
+    "PolarisTimeoutError": "polaris_sdk.errors",
+    "ProviderAPI": "polaris_sdk.provider",
+    "ResourceNotFoundError": "polaris_sdk.errors",
+    "SDKContext": "polaris_sdk.context",
+    "ServerError": "polaris_sdk.errors",
+    "ServiceChangeEvent": "polaris_sdk.model",
+    "ServiceInstances": "polaris_sdk.model",
+    "ServiceKey": "polaris_sdk.model",
+    "ValidationError": "polaris_sdk.errors",
+    "WatchServiceRequest": "polaris_sdk.model",
+}
 
 __all__ = [
     "AuthError",
@@ -68,3 +107,16 @@ __all__ = [
     "WatchServiceRequest",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

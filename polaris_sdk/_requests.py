@@ -26,11 +26,12 @@ def coerce_request(cls: type[R], request: R | None, values: Mapping[str, Any]) -
         if not isinstance(request, cls):
             raise TypeError(f"expected a {cls.__name__}, got {type(request).__name__}")
         return request
-    names = {f.name for f in dataclass_fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise TypeError(f"{cls.__name__} has no field {unknown[0]!r}")
     try:
         return cls(**values)
     except TypeError as exc:
+        # Only on the error path: naming the unknown field costs a scan of the fields.
+        names = {f.name for f in dataclass_fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise TypeError(f"{cls.__name__} has no field {unknown[0]!r}") from None
         raise TypeError(f"{cls.__name__}: {exc}") from None

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import polaris_sdk
 
 DOCUMENTED = {
@@ -50,3 +53,25 @@ def test_public_classes_are_exported_where_they_are_defined() -> None:
         obj = getattr(polaris_sdk, name)
         if isinstance(obj, type):
             assert obj.__module__.startswith("polaris_sdk."), name
+
+
+def test_importing_the_package_is_cheap_until_a_name_is_used() -> None:
+    # pytest loads the polaris_sdk.testing plugin in every run wherever the
+    # package is installed, so a bare import must not pull in grpc or the wire pool.
+    code = (
+        "import sys, polaris_sdk, polaris_sdk.testing.plugin\n"
+        "heavy = [m for m in ('grpc', 'polaris_sdk.wire', 'httpx') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "polaris_sdk.ProviderAPI\n"
+        "assert 'grpc' in sys.modules\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_dir_lists_the_lazy_names() -> None:
+    assert set(polaris_sdk.__all__) <= set(dir(polaris_sdk))
