@@ -22,9 +22,9 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
-from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
+from polaris_sdk._closing import Closing
 from polaris_sdk.config import Configuration, load_config
 from polaris_sdk.connector import ServerConnector, create_connector
 from polaris_sdk.errors import ClosedError
@@ -41,7 +41,7 @@ class _Closeable(Protocol):
     def close(self) -> None: ...
 
 
-class SDKContext:
+class SDKContext(Closing):
     """Owns what the facades share; build one with :meth:`create`."""
 
     def __init__(
@@ -129,17 +129,6 @@ class SDKContext:
                 logger.exception("closing component %s failed", name)
         self._scheduler.close()
         self._connector.close()
-
-    def __enter__(self) -> SDKContext:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"

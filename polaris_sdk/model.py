@@ -26,6 +26,7 @@ __all__ = [
     "Instance",
     "InstanceDeregisterRequest",
     "InstanceHeartbeatRequest",
+    "InstanceKeyRequest",
     "InstanceRegisterRequest",
     "InstanceRegisterResponse",
     "ServiceChangeEvent",
@@ -214,8 +215,8 @@ class InstanceRegisterResponse:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class InstanceDeregisterRequest:
-    """Identify the instance by ``instance_id``, or by namespace, service, host and port."""
+class InstanceKeyRequest:
+    """Names one instance: by ``instance_id``, or by namespace, service, host and port."""
 
     namespace: str = DEFAULT_NAMESPACE
     service: str = ""
@@ -227,16 +228,13 @@ class InstanceDeregisterRequest:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class InstanceHeartbeatRequest:
-    """Identify the instance by ``instance_id``, or by namespace, service, host and port."""
+class InstanceDeregisterRequest(InstanceKeyRequest):
+    """Deregister one instance, named by id or by namespace, service, host and port."""
 
-    namespace: str = DEFAULT_NAMESPACE
-    service: str = ""
-    host: str = ""
-    port: int | None = None
-    instance_id: str | None = None
-    vpc_id: str = ""
-    service_token: str | None = None
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InstanceHeartbeatRequest(InstanceKeyRequest):
+    """Heartbeat one instance, named by id or by namespace, service, host and port."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,9 +317,7 @@ def register_request_to_wire(req: InstanceRegisterRequest, ttl: int | None = Non
     return msg
 
 
-def instance_key_to_wire(
-    req: InstanceDeregisterRequest | InstanceHeartbeatRequest,
-) -> Any:
+def instance_key_to_wire(req: InstanceKeyRequest) -> Any:
     """The ``v1.Instance`` naming one instance, for Deregister and Heartbeat."""
     msg = wire.Instance()
     if req.instance_id is not None:

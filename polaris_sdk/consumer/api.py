@@ -41,9 +41,9 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from types import TracebackType
 from typing import Any, Final
 
+from polaris_sdk._closing import Closing
 from polaris_sdk._requests import coerce_request
 from polaris_sdk.cache import CacheOptions, ConnectionState, Entry, ServiceCache, StateListener
 from polaris_sdk.cache.listwatch import MISSING_REVISION
@@ -155,7 +155,7 @@ _PICKERS: Final[dict[str, tuple[PickerBuilder, int]]] = {
 }
 
 
-class ConsumerAPI:
+class ConsumerAPI(Closing):
     """The consumer facade over an :class:`~polaris_sdk.context.SDKContext`."""
 
     def __init__(self, ctx: SDKContext) -> None:
@@ -306,17 +306,6 @@ class ConsumerAPI:
             self._cache.unwatch(key, listener)
         for state_listener in state_listeners:
             self._cache.remove_state_listener(state_listener)
-
-    def __enter__(self) -> ConsumerAPI:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<ConsumerAPI {self._ctx!r}{' closed' if self.closed else ''}>"

@@ -41,9 +41,10 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Iterable
-from types import FrameType, TracebackType
+from types import FrameType
 from typing import Any
 
+from polaris_sdk._closing import Closing
 from polaris_sdk._requests import coerce_request
 from polaris_sdk.config import Configuration
 from polaris_sdk.context import SDKContext
@@ -112,7 +113,7 @@ def validate_instance_key(req: InstanceDeregisterRequest | InstanceHeartbeatRequ
     check_port(req.port)
 
 
-class ProviderAPI:
+class ProviderAPI(Closing):
     """Register, heartbeat and deregister service instances; see the module docstring."""
 
     def __init__(
@@ -359,17 +360,6 @@ class ProviderAPI:
         fd, self._exit_fd = self._exit_fd, None
         if fd is not None:
             os.close(fd)
-
-    def __enter__(self) -> ProviderAPI:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # ----------------------------------------------------------- internal
 

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import logging
 import time
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from polaris_sdk._closing import Closing
 from polaris_sdk.model import Instance, instance_from_wire
 from polaris_sdk.server import PolarisServer
 from polaris_sdk.server.naming import DEFAULT_NAMESPACE, ServerFaults, instance_to_wire
@@ -39,7 +39,7 @@ log = logging.getLogger("polaris_sdk.testing.server")
 _POLL_INTERVAL = 0.02
 
 
-class PolarisTestServer:
+class PolarisTestServer(Closing):
     """A :class:`~polaris_sdk.server.PolarisServer` for tests; see the module doc."""
 
     def __init__(self, server: PolarisServer) -> None:
@@ -126,17 +126,6 @@ class PolarisTestServer:
     def close(self) -> None:
         """Stop for good (idempotent)."""
         self.server.stop()
-
-    def __enter__(self) -> PolarisTestServer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<PolarisTestServer {self.server!r}>"
