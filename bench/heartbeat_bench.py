@@ -80,6 +80,9 @@ def server_process() -> Iterator[str]:
             "polaris_sdk.server",
             "--grpc-port",
             str(port),
+            # The HTTP API is not used; port 0 keeps it off the default 8090.
+            "--http-port",
+            "0",
             "--log-level",
             "WARNING",
             "--health-check-interval",

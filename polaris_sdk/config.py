@@ -8,6 +8,8 @@ Contract:
 * Every value is checked when a section is built; a wrong one raises
   :class:`~polaris_sdk.errors.ConfigError` naming the ``polaris.yaml`` key and
   the expected form, whether it came from code, a file or the environment.
+  It quotes the wrong value, except a secret's (the token): neither such an
+  error nor a YAML syntax error of the file shows the token.
 * :func:`load_config` merges the sources with a fixed precedence::
 
       explicit arguments  >  POLARIS_* environment  >  polaris.yaml  >  defaults
@@ -113,7 +115,9 @@ class ServerConnectorConfig:
     connect_timeout: float = 1.0
     """Seconds to wait for a connection to one address before trying the next."""
     message_timeout: float = 1.0
-    """Deadline in seconds of one request attempt."""
+    """Deadline in seconds of one request attempt. A Discover, whose answer
+    grows with the service, may take until the call's deadline; a gRPC
+    Discover stream silent for this long is reopened."""
     failback_interval: float = 10.0
     """Seconds an unreachable address is skipped before it is tried again."""
     token: str | None = field(default=None, repr=False)
@@ -304,6 +308,14 @@ class Configuration:
 # ------------------------------------------------------------------ parsing
 
 
+def _shown(key: str, value: Any) -> str:
+    """``value`` as an error message about ``key`` may quote it: never a secret's."""
+    spec = KEYS.get(key)
+    if spec is not None and spec.secret:
+        return f"a {type(value).__name__} (value hidden)"
+    return repr(value)
+
+
 def parse_duration(key: str, value: Any) -> float:
     """Seconds from ``"500ms"``, ``"2s"``, ``"1m"``, ``"1h"`` or a bare number of seconds."""
     if isinstance(value, int | float) and not isinstance(value, bool):
@@ -316,7 +328,9 @@ def parse_duration(key: str, value: Any) -> float:
             return float(value)
         except ValueError:
             pass
-    raise ConfigError(key, f"expected a duration such as '500ms', '2s' or '1m', got {value!r}")
+    raise ConfigError(
+        key, f"expected a duration such as '500ms', '2s' or '1m', got {_shown(key, value)}"
+    )
 
 
 def _as_bool(key: str, value: Any) -> bool:
@@ -326,7 +340,7 @@ def _as_bool(key: str, value: Any) -> bool:
         return True
     if isinstance(value, str) and value.strip().lower() in ("false", "0", "no", "off"):
         return False
-    raise ConfigError(key, f"expected true or false, got {value!r}")
+    raise ConfigError(key, f"expected true or false, got {_shown(key, value)}")
 
 
 def _as_int(key: str, value: Any) -> int:
@@ -334,7 +348,7 @@ def _as_int(key: str, value: Any) -> int:
         return value
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         return int(value)
-    raise ConfigError(key, f"expected an integer, got {value!r}")
+    raise ConfigError(key, f"expected an integer, got {_shown(key, value)}")
 
 
 def _as_float(key: str, value: Any) -> float:
@@ -345,13 +359,13 @@ def _as_float(key: str, value: Any) -> float:
             return float(value)
         except ValueError:
             pass
-    raise ConfigError(key, f"expected a number, got {value!r}")
+    raise ConfigError(key, f"expected a number, got {_shown(key, value)}")
 
 
 def _as_str(key: str, value: Any) -> str:
     if isinstance(value, str | os.PathLike):
         return os.fspath(value)
-    raise ConfigError(key, f"expected a string, got {value!r}")
+    raise ConfigError(key, f"expected a string, got {_shown(key, value)}")
 
 
 def _as_addresses(key: str, value: Any) -> tuple[str, ...]:
@@ -360,11 +374,11 @@ def _as_addresses(key: str, value: Any) -> tuple[str, ...]:
     elif isinstance(value, list | tuple):
         items = [item.strip() if isinstance(item, str) else item for item in value]
     else:
-        raise ConfigError(key, f"expected a list of host:port, got {value!r}")
+        raise ConfigError(key, f"expected a list of host:port, got {_shown(key, value)}")
     items = [item for item in items if item != ""]
     for item in items:
         if not isinstance(item, str):
-            raise ConfigError(key, f"expected host:port strings, got {item!r}")
+            raise ConfigError(key, f"expected host:port strings, got {_shown(key, item)}")
         _check_address(key, item)
     return tuple(items)
 
@@ -375,6 +389,8 @@ class _Key:
     name: str
     parse: Callable[[str, Any], Any]
     env: str | None = None
+    secret: bool = False
+    """The value is a credential: an error about it never shows it."""
 
 
 KEYS: Final[Mapping[str, _Key]] = {
@@ -393,7 +409,9 @@ KEYS: Final[Mapping[str, _Key]] = {
     "global.serverConnector.failbackInterval": _Key(
         "server_connector", "failback_interval", parse_duration
     ),
-    "global.serverConnector.token": _Key("server_connector", "token", _as_str, "POLARIS_TOKEN"),
+    "global.serverConnector.token": _Key(
+        "server_connector", "token", _as_str, "POLARIS_TOKEN", secret=True
+    ),
     "global.serverConnector.tlsEnable": _Key(
         "server_connector", "tls_enable", _as_bool, "POLARIS_TLS_ENABLE"
     ),
@@ -478,6 +496,17 @@ def _apply(base: Configuration, raw: Mapping[str, Any], source: str) -> Configur
     return dataclasses.replace(base, **sections)
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What is wrong and where, without the quoted line: it may hold the token."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        what = exc.problem or exc.context or "syntax error"
+        if mark is not None:
+            return f"{what} at line {mark.line + 1}, column {mark.column + 1}"
+        return what
+    return type(exc).__name__
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
@@ -486,7 +515,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(str(path), f"not valid YAML: {exc}") from exc
+        raise ConfigError(str(path), f"not valid YAML: {_yaml_problem(exc)}") from None
     return _flatten(data, str(path))
 
 

@@ -71,6 +71,14 @@ class Endpoints(Generic[T]):
         """The endpoint to use now: the first preferred one that is not marked down."""
         return self.candidates()[0]
 
+    def prefers(self, ep: Endpoint[T], other: Endpoint[T]) -> bool:
+        """Whether ``ep`` comes before ``other`` in the configured order."""
+        return self._all.index(ep) < self._all.index(other)
+
+    def is_down(self, ep: Endpoint[T]) -> bool:
+        """Whether ``ep`` is marked down now."""
+        return ep.down_until > time.monotonic()
+
     def mark_down(self, ep: Endpoint[T], reason: str) -> None:
         now = time.monotonic()
         with self._lock:

@@ -13,22 +13,37 @@ Contract:
   ``connectTimeout`` bounds each TCP connection attempt (gRPC's minimum
   connect timeout); no thread watches the channels.
 * Every call has a deadline (``timeout`` or ``global.api.timeout``) that
-  covers connecting, failover and retries; one attempt lasts at most
-  ``messageTimeout``. Only retriable failures are retried
-  (:mod:`polaris_sdk.connector.retry`).
+  covers connecting, failover and retries; one unary attempt lasts at most
+  ``messageTimeout``, one Discover exchange at most until the deadline.
+  Only retriable failures are retried (:mod:`polaris_sdk.connector.retry`).
+* Answers of any size are accepted (gRPC's default limit, 4 MB, is a service
+  of about 18,000 instances). An answer over a limit anyway (the server's)
+  is a :class:`~polaris_sdk.errors.BadRequestError`: never retried, and it
+  neither marks the address down nor delays the next stream.
 * With TLS configured (:mod:`polaris_sdk.connector.tls`) every channel is a
   secure channel verifying the server certificate.
 * Every request carries ``request-id``, the SDK's user agent and, when a token
   is configured, ``x-polaris-token``. The token is never logged.
 * Discover calls share one bidirectional ``Discover`` stream. The server
   answers each request once and in order, so each answer goes to the oldest
-  waiting caller. A thread named ``polaris-discover`` reads the stream; when
-  the stream breaks, the waiting callers get the error and the next call
-  opens a new stream, after a backoff that grows while opening keeps failing.
-  A caller whose answer does not come in time drops the stream, since a
-  server that stopped answering one request will not answer the next.
-* ``close()`` ends the stream and its thread and closes the channels; later
-  calls raise :class:`~polaris_sdk.errors.ClosedError`.
+  waiting caller. A thread named ``polaris-discover`` reads the stream.
+  When the stream breaks, the waiting callers get the error and the next
+  call opens a new stream, after a backoff that grows while opening keeps
+  failing; a call that finds the backoff running waits it out if it ends
+  before the call's deadline, else fails at once with an error of the kind
+  that broke the stream (a timeout stays a
+  :class:`~polaris_sdk.errors.PolarisTimeoutError`). Failing over to
+  another address that is not marked down waits for nothing.
+* A caller whose answer does not come in time leaves; its answer, if it
+  comes, is dropped. Only when the stream answered nothing for
+  ``messageTimeout`` since that request was sent is it broken (a server that
+  stopped answering one request will not answer the next), so one slow
+  answer does not fail the other callers.
+* The stream follows the preferred address: once an earlier address is no
+  longer marked down, the next call opens a stream there and the old one is
+  half-closed, still delivering the answers its callers wait for.
+* ``close()`` ends the streams and their threads and closes the channels;
+  later calls raise :class:`~polaris_sdk.errors.ClosedError`.
 """
 
 from __future__ import annotations
@@ -38,7 +53,6 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any, Final
 
 import grpc
@@ -53,6 +67,7 @@ from polaris_sdk.errors import (
     NetworkError,
     PolarisError,
     PolarisTimeoutError,
+    ServerError,
     error_for_code,
 )
 
@@ -64,9 +79,16 @@ DISCOVER_THREAD: Final = "polaris-discover"
 _STREAM_BACKOFF_MAX: Final = 5.0
 
 
-def _channel_options(connect_timeout: float) -> tuple[tuple[str, Any], ...]:
+MAX_RECEIVE_MESSAGE_LENGTH = -1
+"""Largest answer a channel accepts, in bytes (-1: no limit). gRPC's default
+of 4 MB is a Discover answer of about 18,000 instances; a registry's answers
+are trusted, and a service must not become undiscoverable by growing."""
+
+
+def _channel_options(connect_timeout: float, max_receive: int = -1) -> tuple[tuple[str, Any], ...]:
     return (
         ("grpc.primary_user_agent", USER_AGENT),
+        ("grpc.max_receive_message_length", max_receive),
         # Reconnect soon after a server restart instead of after gRPC's default
         # backoff of up to two minutes; each attempt may take connect_timeout.
         ("grpc.initial_reconnect_backoff_ms", 100),
@@ -92,16 +114,35 @@ _STATUS_CODES: Final = {
 }
 
 
+def _too_large(err: grpc.RpcError) -> bool:
+    """Whether ``err`` is a message over a size limit (this side's or the server's)."""
+    if not isinstance(err, grpc.Call) or err.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return False
+    return "larger than max" in (err.details() or "")
+
+
 def map_rpc_error(err: grpc.RpcError, address: str) -> PolarisError:
     """The SDK error for a failed gRPC call to ``address``."""
     code = err.code() if isinstance(err, grpc.Call) else grpc.StatusCode.UNKNOWN
     details = (err.details() if isinstance(err, grpc.Call) else None) or str(code)
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return PolarisTimeoutError(f"{address}: deadline exceeded")
+    if _too_large(err):
+        # The same request gets the same answer: sending it again cannot help.
+        return error_for_code(400000, f"{address}: message over the gRPC size limit: {details}")
     server_code = _STATUS_CODES.get(code)
     if server_code is not None:
         return error_for_code(server_code, f"{address}: {code.name}: {details}")
     return NetworkError(f"{address}: {code.name}: {details}")
+
+
+def _like(cause: PolarisError | None, message: str) -> PolarisError:
+    """An error of ``cause``'s kind (timeout, network, server code) saying ``message``."""
+    if isinstance(cause, ServerError):
+        return error_for_code(cause.code, message)
+    if isinstance(cause, PolarisTimeoutError):
+        return PolarisTimeoutError(message)
+    return NetworkError(message)
 
 
 class _Channel:
@@ -150,15 +191,32 @@ def _note_failure(endpoints: Endpoints[_Channel], ep: _Endpoint, err: grpc.RpcEr
 
 
 class _Waiter:
-    __slots__ = ("error", "event", "response")
+    __slots__ = ("error", "event", "response", "sent_at")
 
     def __init__(self) -> None:
         self.event = threading.Event()
         self.response: Any = None
         self.error: PolarisError | None = None
+        self.sent_at = 0.0
 
 
 _END: Final = object()
+
+
+class _Call:
+    """One open Discover call: its address, its requests and the callers waiting, oldest first."""
+
+    __slots__ = ("answered_at", "call", "ended", "endpoint", "requests", "waiters")
+
+    def __init__(self, call: Any, endpoint: _Endpoint, requests: queue.SimpleQueue[Any]) -> None:
+        self.call = call
+        self.endpoint = endpoint
+        self.requests = requests
+        self.waiters: collections.deque[_Waiter] = collections.deque()
+        self.answered_at = time.monotonic()
+        """When the call last showed it is alive: opened, or an answer read."""
+        self.ended = False
+        """Given up by this side (broken, retired unused, closed): its errors are ours."""
 
 
 class _DiscoverStream:
@@ -166,122 +224,222 @@ class _DiscoverStream:
 
     def __init__(self, connector: GrpcConnector) -> None:
         self._connector = connector
+        self._endpoints = connector._endpoints
         self._lock = threading.Lock()
-        self._generation = 0
-        self._call: Any = None
-        self._endpoint: _Endpoint | None = None
-        self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._waiters: collections.deque[_Waiter] = collections.deque()
+        self._closed = threading.Event()
+        self._current: _Call | None = None
+        self._calls: set[_Call] = set()
+        """Calls with a reader: the current one and retired ones still answering."""
         self._threads: list[threading.Thread] = []
         self._failures = 0
         self._retry_at = 0.0
-        self._closed = False
+        self._failed_on: _Endpoint | None = None
+        self._last_error: PolarisError | None = None
 
     def exchange(self, request: Any, deadline: float) -> Any:
         waiter = _Waiter()
-        with self._lock:
-            if self._closed:
-                raise ClosedError("the connector is closed")
-            if self._call is None:
-                self._open()
-            generation = self._generation
-            self._waiters.append(waiter)
-            self._requests.put(request)
+        call = self._send(request, waiter, deadline)
         if not waiter.event.wait(max(0.0, deadline - time.monotonic())):
-            error = PolarisTimeoutError("Discover: no answer in time; reopening the stream")
-            ep = self._endpoint
-            if self._break(generation, error) and ep is not None:
-                _note_failure(self._connector._endpoints, ep, None)
-            raise error
+            self._no_answer(call, waiter)
+            raise PolarisTimeoutError(f"{call.endpoint.address}: Discover: no answer in time")
         if waiter.error is not None:
             raise waiter.error
         return waiter.response
 
-    def _open(self) -> None:
+    def _send(self, request: Any, waiter: _Waiter, deadline: float) -> _Call:
+        """Queue ``request`` on the call to use now, opening one if needed.
+
+        While the stream is in its reconnect backoff the caller waits it out
+        when it ends before ``deadline``; otherwise it fails at once with an
+        error of the class that broke the stream.
+        """
+        while True:
+            with self._lock:
+                if self._closed.is_set():
+                    raise ClosedError("the connector is closed")
+                ep = self._endpoints.pick()
+                call = self._current
+                if (
+                    call is not None
+                    and call.endpoint is not ep
+                    and self._endpoints.prefers(ep, call.endpoint)
+                ):
+                    self._retire(call, ep)
+                    call = None
+                wait = 0.0
+                if call is None:
+                    wait = self._backoff_left(ep)
+                    if wait <= 0:
+                        call = self._open(ep)
+                if call is not None:
+                    waiter.sent_at = time.monotonic()
+                    call.waiters.append(waiter)
+                    call.requests.put(request)
+                    return call
+                cause = self._last_error
+            if time.monotonic() + wait >= deadline:
+                raise _like(
+                    cause,
+                    f"Discover stream to {ep.address} is reconnecting, in {wait:.2f}s, "
+                    f"after the call's deadline; it broke with: {cause}",
+                )
+            if self._closed.wait(wait):
+                raise ClosedError("the connector is closed")
+
+    def _backoff_left(self, ep: _Endpoint) -> float:
+        """Seconds before a call may open on ``ep``. Called with the lock held."""
+        if ep is not self._failed_on and not self._endpoints.is_down(ep):
+            # Failing over to a healthy address waits for nothing.
+            return 0.0
+        return self._retry_at - time.monotonic()
+
+    def _open(self, ep: _Endpoint) -> _Call:
         # Called with the lock held. Opening does not block: a failure to
-        # connect arrives on the reader thread as the stream's error.
-        now = time.monotonic()
-        if self._retry_at > now:
-            raise NetworkError(
-                f"Discover stream is reconnecting; next attempt in {self._retry_at - now:.2f}s"
-            )
-        ep = self._connector._endpoints.pick()
+        # connect arrives on the reader thread as the call's error.
         requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        call = ep.handle.stream("Discover")(
+        grpc_call = ep.handle.stream("Discover")(
             iter(requests.get, _END), metadata=self._connector._metadata()
         )
-        self._generation += 1
-        self._call = call
-        self._endpoint = ep
-        self._requests = requests
+        call = _Call(grpc_call, ep, requests)
+        self._current = call
+        self._calls.add(call)
         self._threads = [t for t in self._threads if t.is_alive()]
         thread = threading.Thread(
-            target=self._read,
-            args=(call, ep, self._generation),
-            name=DISCOVER_THREAD,
-            daemon=True,
+            target=self._read, args=(call,), name=DISCOVER_THREAD, daemon=True
         )
         self._threads.append(thread)
         thread.start()
         logger.debug("Discover stream opened to %s", ep.address)
+        return call
 
-    def _read(self, call: Iterator[Any], ep: _Endpoint, generation: int) -> None:
-        error: PolarisError
+    def _retire(self, call: _Call, preferred: _Endpoint) -> None:
+        """Send no more on ``call``; its waiters still get their answers. Lock held."""
+        self._current = None
+        # Half-closing ends the call once the server has answered what it was sent.
+        call.requests.put(_END)
+        logger.info(
+            "Discover stream moves from %s back to %s", call.endpoint.address, preferred.address
+        )
+
+    def _read(self, call: _Call) -> None:
+        ep = call.endpoint
+        first: PolarisError | None = None
+        error: PolarisError | None = None
+        penalize = True
         try:
-            for response in call:
+            for response in call.call:
                 with self._lock:
-                    if generation != self._generation:
-                        return
-                    waiter = self._waiters.popleft() if self._waiters else None
-                    self._failures = 0
-                self._connector._endpoints.mark_up(ep)
+                    waiter = call.waiters.popleft() if call.waiters else None
+                    call.answered_at = time.monotonic()
+                    if call is self._current:
+                        self._failures = 0
+                self._endpoints.mark_up(ep)
                 if waiter is None:
                     logger.warning("Discover answer with no request waiting; dropped")
                     continue
                 waiter.response = response
                 waiter.event.set()
-            error = NetworkError(f"{ep.address}: Discover stream ended by the server")
+            with self._lock:
+                # A retired call ends this way once it has answered everything.
+                clean = call is not self._current and not call.waiters
+            if not clean:
+                error = NetworkError(f"{ep.address}: Discover stream ended by the server")
         except grpc.RpcError as err:
             error = map_rpc_error(err, ep.address)
-            with self._lock:
-                ours = generation == self._generation
-            if ours:  # not the cancel of a stream already given up
-                _note_failure(self._connector._endpoints, ep, err)
+            if _too_large(err):
+                # Only the oldest waiter's answer was too big: the others may
+                # try again on a new call, at once.
+                first = error
+                error = NetworkError(
+                    f"{ep.address}: Discover stream reset by an answer over the size limit"
+                )
+                penalize = False
+            else:
+                with self._lock:
+                    ours = call.ended
+                if not ours:
+                    _note_failure(self._endpoints, ep, err)
         except Exception as exc:  # the reader must never die without failing its waiters
             logger.exception("Discover stream reader failed")
             error = NetworkError(f"{ep.address}: Discover stream failed: {exc}")
-        self._break(generation, error)
+        if error is None:
+            self._forget(call)
+        else:
+            self._end(call, error, first=first, penalize=penalize)
 
-    def _note_failure(self) -> None:
-        self._failures += 1
-        backoff = min(0.05 * 2 ** (self._failures - 1), _STREAM_BACKOFF_MAX)
-        self._retry_at = time.monotonic() + backoff
+    def _no_answer(self, call: _Call, waiter: _Waiter) -> None:
+        """``waiter`` ran out of time: break ``call`` if it stalled, else just leave.
 
-    def _break(self, generation: int, error: PolarisError) -> bool:
-        """End stream ``generation`` (if still current), failing its waiters."""
+        The server answers in order, so an abandoned waiter stays queued and its
+        answer, when it comes, is dropped. A call whose oldest pending request
+        has had no answer (to anything) for ``messageTimeout`` is taken as
+        stuck: a server that stopped answering one request will not answer the
+        next. Judging by the oldest request also bounds the abandoned waiters
+        of callers with short timeouts.
+        """
+        now = time.monotonic()
         with self._lock:
-            if generation != self._generation or self._call is None:
+            oldest = call.waiters[0].sent_at if call.waiters else waiter.sent_at
+            silent = now - max(oldest, call.answered_at)
+            stalled = call.answered_at <= oldest and silent >= self._connector._message_timeout
+        if not stalled:
+            return
+        error = PolarisTimeoutError(
+            f"{call.endpoint.address}: Discover stream stalled "
+            f"(no answer for {silent:.1f}s); reopening it"
+        )
+        if self._end(call, error):
+            _note_failure(self._endpoints, call.endpoint, None)
+
+    def _forget(self, call: _Call) -> None:
+        """A retired call ended cleanly with every waiter answered."""
+        with self._lock:
+            self._calls.discard(call)
+            call.ended = True
+
+    def _end(
+        self,
+        call: _Call,
+        error: PolarisError,
+        *,
+        first: PolarisError | None = None,
+        penalize: bool = True,
+    ) -> bool:
+        """End ``call`` (unless already ended), failing its waiters with ``error``.
+
+        ``first`` goes to the oldest waiter instead. Ending the current call
+        after a failure (``penalize``) starts the reconnect backoff.
+        """
+        with self._lock:
+            if call.ended:
                 return False
-            call, self._call = self._call, None
-            self._generation += 1
-            waiters = list(self._waiters)
-            self._waiters.clear()
-            self._requests.put(_END)
-            if not self._closed:
-                self._note_failure()
-                logger.warning("Discover stream broken: %s", error)
-        call.cancel()
-        for waiter in waiters:
-            waiter.error = error
+            call.ended = True
+            self._calls.discard(call)
+            waiters = list(call.waiters)
+            call.waiters.clear()
+            call.requests.put(_END)
+            if call is self._current:
+                self._current = None
+                if penalize and not self._closed.is_set():
+                    self._failures += 1
+                    backoff = min(0.05 * 2 ** (self._failures - 1), _STREAM_BACKOFF_MAX)
+                    self._retry_at = time.monotonic() + backoff
+                    self._failed_on = call.endpoint
+                    self._last_error = error
+                    logger.warning("Discover stream broken: %s", error)
+        call.call.cancel()
+        for index, waiter in enumerate(waiters):
+            waiter.error = first if index == 0 and first is not None else error
             waiter.event.set()
         return True
 
     def close(self) -> None:
         with self._lock:
-            self._closed = True
-            generation = self._generation
+            self._closed.set()
+            calls = list(self._calls)
             threads = list(self._threads)
-        self._break(generation, ClosedError("the connector is closed"))
+        for call in calls:
+            self._end(call, ClosedError("the connector is closed"), penalize=False)
         for thread in threads:
             if thread is not threading.current_thread():
                 thread.join(5.0)
@@ -295,7 +453,7 @@ class GrpcConnector(NamingConnector):
         sc = config.server_connector
         tls = load_tls(sc)
         credentials = tls.grpc_credentials() if tls is not None else None
-        options = _channel_options(sc.connect_timeout)
+        options = _channel_options(sc.connect_timeout, MAX_RECEIVE_MESSAGE_LENGTH)
         self._endpoints = Endpoints(
             (
                 Endpoint(address, _Channel(address, options, credentials))

@@ -21,7 +21,8 @@ Contract:
 * Deadlines: a call's deadline (``timeout`` or ``global.api.timeout``)
   covers failover and retries; one attempt waits at most ``connectTimeout``
   to connect and ``messageTimeout`` (or the time left) for each of pool
-  checkout, send and receive.
+  checkout, send and receive; a Discover attempt, whose answer grows with
+  the service, the time left.
 * One :class:`httpx.Client` with a bounded pool (:data:`MAX_CONNECTIONS`)
   of keep-alive connections; proxy settings from the environment are not
   used. With TLS configured the scheme is ``https`` and the server

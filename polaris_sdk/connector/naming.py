@@ -11,7 +11,9 @@ how bytes move: the gRPC channel and Discover stream, or HTTP POSTs.
 Contract (on top of :mod:`polaris_sdk.connector.base`):
 
 * One hook call is one attempt and lasts at most ``timeout`` seconds, which
-  is ``messageTimeout`` or less when the call's deadline is nearer. The hook
+  is ``messageTimeout`` or less when the call's deadline is nearer; for
+  Discover, whose answer grows with the service, it is the time left until
+  the call's deadline. The hook
   raises a :class:`~polaris_sdk.errors.PolarisError` for failures it sees
   (unreachable, no answer in time) and returns the answer otherwise.
 * The answer's ``code`` decides the outcome here, in one place: success
@@ -167,7 +169,7 @@ class NamingConnector(ABC):
 
         def attempt(remaining: float) -> Any:
             self._check_open()
-            resp = self._discover(request, self._attempt_timeout(remaining))
+            resp = self._discover(request, self._discover_timeout(remaining))
             code = resp.code.value
             if code not in (SUCCESS, DATA_NO_CHANGE):
                 raise error_for_code(code, resp.info.value)
@@ -188,6 +190,14 @@ class NamingConnector(ABC):
         # One attempt waits at most messageTimeout, so a wedged server is
         # given up on (and another address tried) while the call has time.
         return max(0.001, min(self._message_timeout, remaining))
+
+    @staticmethod
+    def _discover_timeout(remaining: float) -> float:
+        # A Discover answer carries the whole service (20,000 instances are
+        # about 5 MB, decoded in hundreds of milliseconds on a busy machine),
+        # and a gRPC exchange given up may break the stream every caller
+        # shares: it may use the call's whole remaining time.
+        return max(0.001, remaining)
 
     def _retry(self, attempt: Callable[[float], Any], timeout: float | None, what: str) -> Any:
         self._check_open()

@@ -11,7 +11,10 @@ upsert keeping ``isolate`` when omitted, TTL outside (0, 60] -> 5, services
 and namespaces created on first registration, revisions, DataNoChange, the
 four forgiven heartbeats of an unknown id. A registration is applied before
 it is answered, so ``async-regis`` (queue it, answer at once) needs nothing
-more. Answers never carry a token.
+more. Answers never carry a token. A storage failure in the store plugin
+(:data:`STORE_ERRORS`) is logged and answered 500001 StoreLayerException, as
+a real server answers a failed database call; the apiservers answer anything
+else that escapes 500000 ExecuteException.
 
 Thread-safe: state lives in the store plugin (atomic per call) and in small
 locked tables here. Every method returns quickly; nothing blocks on I/O.
@@ -21,13 +24,15 @@ service's revision holds): serialize them, never modify them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import sqlite3
 import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
@@ -48,6 +53,7 @@ __all__ = [
     "DEFAULT_TTL",
     "FORGIVEN_HEARTBEATS",
     "LAST_HEARTBEAT_KEY",
+    "STORE_ERRORS",
     "SYSTEM_NAMESPACE",
     "NamingService",
     "RequestContext",
@@ -82,6 +88,7 @@ _RULE_TYPES: Final = frozenset(
     _REQ[name].number for name in ("ROUTING", "RATE_LIMIT", "CIRCUIT_BREAKER", "FAULT_DETECTOR")
 )
 
+# The real server's wording (its code2info table) for every code this server sends.
 _INFO: Final[dict[int, str]] = {
     200000: "execute success",
     200001: "discover data is no change",
@@ -100,9 +107,19 @@ _INFO: Final[dict[int, str]] = {
     400138: "invalid instance logic set",
     400140: "health check is not open",
     400150: "invalid metadata",
+    400201: "existed resource",
     400202: "not found resource",
+    400301: "not found service",
+    400303: "not found instances",
+    400305: "not found namespace",
     401000: "unauthorized",
+    401001: "access is not approved",
+    401002: "auth token empty",
+    401003: "token already disabled",
+    401004: "token not existed",
     500000: "execute exception",
+    500001: "store layer exception",
+    500007: "heartbeat execute exception",
 }
 
 
@@ -271,6 +288,26 @@ def _instance_key(instance: Any) -> str:
     return validation.instance_id(namespace, service, host, port, instance.vpc_id.value)
 
 
+class _StoreFailure(Exception):
+    """A store plugin call failed: the request is answered 500001 StoreLayerException."""
+
+
+STORE_ERRORS: Final[tuple[type[Exception], ...]] = (sqlite3.Error, OSError)
+"""What a store plugin raises when its storage fails: the database (the SQLite
+plugin) or the file system under it. Any other exception is a bug, answered
+500000 ExecuteException by the apiserver."""
+
+
+@contextlib.contextmanager
+def _store_layer(what: str) -> Iterator[None]:
+    """Turn a storage failure inside the store plugin into :class:`_StoreFailure`, logged."""
+    try:
+        yield
+    except STORE_ERRORS as exc:
+        log.exception("store failure in %s; answering StoreLayerException", what)
+        raise _StoreFailure(what) from exc
+
+
 class _BoundedCounter:
     """Counts per key, forgetting the least recently counted keys beyond ``limit``."""
 
@@ -373,13 +410,17 @@ class NamingService:
         def build(old: InstanceRecord | None) -> InstanceRecord:
             return self._record(instance_id, instance, old, now)
 
+        old: InstanceRecord | None = None
         for _ in range(3):
             try:
-                self._ensure_service(namespace, service, now)
-                old, _new = self.store.modify_instance(instance_id, build)
+                with _store_layer("register"):
+                    self._ensure_service(namespace, service, now)
+                    old, _new = self.store.modify_instance(instance_id, build)
                 break
             except LookupError:
                 continue  # cleared between creating the service and writing: create again
+            except _StoreFailure:
+                return response(wire.Code.StoreLayerException, instance=_echo(instance))
         else:
             return response(wire.Code.StoreLayerException, instance=_echo(instance))
         self.heartbeats.registered(instance_id)
@@ -452,7 +493,11 @@ class NamingService:
             instance_id = _instance_key(instance)
         except ValidationError as err:
             return response(err.code, _failure(err), instance=_echo(instance))
-        removed = self.store.delete_instance(instance_id)
+        try:
+            with _store_layer("deregister"):
+                removed = self.store.delete_instance(instance_id)
+        except _StoreFailure:
+            return response(wire.Code.StoreLayerException, instance=_echo(instance))
         self.heartbeats.forget(instance_id)
         if removed is not None:
             log.debug("deregistered instance %s (request %s)", instance_id, ctx.request_id or "-")
@@ -474,7 +519,12 @@ class NamingService:
         key = _key_instance(instance_id, instance)
         if self.faults.heartbeat_not_found:
             return response(wire.Code.NotFoundResource, instance=key)
-        if self.store.get_instance(instance_id) is None:
+        try:
+            with _store_layer("heartbeat"):
+                known = self.store.get_instance(instance_id) is not None
+        except _StoreFailure:
+            return response(wire.Code.StoreLayerException, instance=key)
+        if not known:
             # A real server forgives a few beats that overtake the registration
             # in its cache; after that the client must register again.
             if self._unknown_beats.increment(instance_id) <= FORGIVEN_HEARTBEATS:
@@ -517,10 +567,14 @@ class NamingService:
         self, request: Any, ctx: RequestContext = INTERNAL_CONTEXT, *, only_healthy: bool = False
     ) -> Any:
         kind = request.type
-        if kind == _INSTANCE:
-            return self._discover_instances(request, only_healthy)
-        if kind == _SERVICES:
-            return self._discover_services(request)
+        try:
+            if kind == _INSTANCE:
+                return self._discover_instances(request, only_healthy)
+            if kind == _SERVICES:
+                return self._discover_services(request)
+        except _StoreFailure:
+            echo = _echo_service(request.service) if request.HasField("service") else None
+            return discover_response(wire.Code.StoreLayerException, kind, echo)
         if kind in _RULE_TYPES:
             return self._discover_rules(request)
         return discover_response(
@@ -536,7 +590,8 @@ class NamingService:
         if not asked.name.value:
             return discover_response(wire.Code.InvalidServiceName, _INSTANCE, _echo_service(asked))
         namespace = asked.namespace.value or DEFAULT_NAMESPACE
-        view = self.store.service_instances(namespace, asked.name.value)
+        with _store_layer("discover"):
+            view = self.store.service_instances(namespace, asked.name.value)
         if view is None:
             echo = _echo_service(asked, namespace)
             return discover_response(wire.Code.NotFoundResource, _INSTANCE, echo)
@@ -572,7 +627,8 @@ class NamingService:
     def _discover_services(self, request: Any) -> Any:
         asked = request.service
         namespace = asked.namespace.value
-        services = self.store.list_services(namespace or None)
+        with _store_layer("discover"):
+            services = self.store.list_services(namespace or None)
         digest = hashlib.sha1()
         for svc in services:
             digest.update(f"{svc.namespace}/{svc.name}/{svc.revision};".encode())

@@ -33,6 +33,8 @@ from tests.connector.servers import RecordingAuthorizer, fast_config, unused_por
 from tests.support import wait_until
 
 ECHO = ServiceKey("default", "echo")
+DEADLINE_GRACE = 1.0
+"""Scheduling slack allowed past a call's deadline before it counts as a hang."""
 
 
 def register(connector: GrpcConnector, port: int = 8080, ttl: int | None = 5) -> str:
@@ -322,13 +324,32 @@ def test_retriable_failures() -> None:
     assert not is_retriable(ValueError("x"))
 
 
+@pytest.mark.parametrize("call", ["register", "discover"])
 def test_every_call_has_a_deadline_even_without_a_timeout_argument(
-    server: PolarisServer,
+    server: PolarisServer, authorizer: RecordingAuthorizer, call: str
 ) -> None:
-    c = GrpcConnector(fast_config(server.grpc_address))
+    api_timeout = 1.5
+    c = GrpcConnector(fast_config(server.grpc_address, **{"global.api.timeout": f"{api_timeout}s"}))
+    release = threading.Event()
+    original = authorizer.authorize
+
+    def stall(ctx, resource):  # type: ignore[no-untyped-def]
+        release.wait(10)  # holds the server's event loop: nothing is answered meanwhile
+        return original(ctx, resource)
+
     try:
+        register(c)  # connected, with the Discover stream open too
+        assert c.discover_instances(ECHO) is not None
+        authorizer.authorize = stall  # type: ignore[method-assign]
         started = time.monotonic()
-        register(c)
-        assert c._api_timeout == 2.0 and time.monotonic() - started < c._api_timeout + 5
+        with pytest.raises(PolarisTimeoutError):
+            if call == "register":
+                register(c)
+            else:
+                c.discover_instances(ECHO)
+        elapsed = time.monotonic() - started
     finally:
+        release.set()
         c.close()
+    # The configured deadline: not messageTimeout (1 s) alone, and not forever.
+    assert api_timeout - 0.1 <= elapsed < api_timeout + DEADLINE_GRACE, elapsed

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from polaris_sdk import (
     ConfigError,
+    Configuration,
     InstanceHeartbeatRequest,
     InstanceRegisterRequest,
     NetworkError,
@@ -188,3 +191,64 @@ def test_a_provider_with_a_token_works_and_no_log_line_shows_it(
     assert caplog.records  # the capture saw the SDK's and the server's records
     assert "all-namespaces-token" not in caplog.text
     assert "made-up-token" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        (401002, "auth token empty"),
+        (401004, "token not existed"),
+        (401001, "access is not approved"),
+    ],
+)
+def test_a_denied_call_carries_the_real_servers_words(
+    token_server: PolarisServer, code: int, message: str
+) -> None:
+    token = {401002: None, 401004: "made-up-token", 401001: "other-namespace-token"}[code]
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["X-Polaris-Token"] = token
+    body = {"namespace": "default", "service": "echo", "host": "127.0.0.1", "port": 8080}
+    with httpx.Client(trust_env=False, timeout=10) as client:
+        answer = client.post(
+            f"{token_server.http_address}/v1/RegisterInstance", json=body, headers=headers
+        )
+    assert answer.status_code == 401
+    assert answer.headers["X-Polaris-Code"] == str(code)
+    assert answer.headers["X-Polaris-Message"] == message
+    assert answer.json()["info"] == message
+    # The SDK's error carries the same words on either transport.
+    for transport in TRANSPORTS:
+        config = transport_config(transport, address_of(token_server, transport), token=token)
+        with SDKContext(config) as ctx, pytest.raises(AuthError) as info:
+            ctx.connector.register_instance(REQ, None)
+        assert (info.value.code, info.value.info) == (code, message)
+
+
+# ----------------------------------------------------- the token in config
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        "global:\n  serverConnector:\n    token: 918273645\n",  # a number, not a string
+        "global:\n  serverConnector:\n    token: [918273645]\n",
+        'global:\n  serverConnector:\n    token: "918273645\n',  # not valid YAML
+    ],
+)
+def test_a_config_error_never_shows_the_token(tmp_path: Path, document: str) -> None:
+    path = tmp_path / "polaris.yaml"
+    path.write_text(document, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        Configuration.from_file(path)
+    shown = "".join(traceback.format_exception(info.value))
+    assert "918273645" not in shown
+    assert "token" in str(info.value) or "YAML" in str(info.value)
+
+
+def test_a_token_of_the_wrong_type_in_code_is_not_echoed() -> None:
+    with pytest.raises(ConfigError) as info:
+        Configuration().replace(token=918273645)
+    assert info.value.key == "global.serverConnector.token"
+    assert "918273645" not in str(info.value)
+    assert "expected a string" in str(info.value)

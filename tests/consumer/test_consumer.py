@@ -260,7 +260,7 @@ def test_a_raising_and_a_slow_listener_do_not_disturb_the_others(
 
     normal = Events()
     try:
-        with caplog.at_level(logging.ERROR, logger="polaris_sdk.cache.dispatch"):
+        with caplog.at_level(logging.ERROR, logger="polaris_sdk.dispatch"):
             consumer.watch_service(service="echo", listeners=[slow, raising, normal])
             normal.wait_for(1)
             for port in (1, 2):
@@ -269,7 +269,11 @@ def test_a_raising_and_a_slow_listener_do_not_disturb_the_others(
             wait_until(lambda: len(raised) == 3)
 
             def logged() -> list[logging.LogRecord]:
-                return [r for r in caplog.records if "raising raised" in r.getMessage()]
+                return [
+                    r
+                    for r in caplog.records
+                    if r.name == "polaris_sdk.dispatch" and "raising raised" in r.getMessage()
+                ]
 
             # Each failure is logged just after the listener raised it.
             wait_until(lambda: len(logged()) >= 3)

@@ -28,8 +28,27 @@ def healthy_ids(snapshot: ServiceInstances) -> set[str]:
     return {instance.id for instance in snapshot if instance.healthy}
 
 
+POOLED_THREADS = ("polaris-worker_", "polaris-http-worker_", "polaris-listener-", "polaris-status-")
+"""Name prefixes of the threads of bounded pools: the SDK scheduler's workers, the
+embedded server's HTTP workers and the listener and status dispatchers. A pool starts a
+thread when all of its threads are busy, up to its bound, and keeps it for a
+while (a ThreadPoolExecutor for good), so their number follows how busy the
+process has been, not whether anything leaks."""
+
+
 def thread_count() -> int:
     return threading.active_count()
+
+
+def unpooled_thread_count() -> int:
+    """Threads outside the bounded pools: where a leak of a thread per reconnect would show."""
+    return sum(1 for t in threading.enumerate() if not t.name.startswith(POOLED_THREADS))
+
+
+def pooled_thread_counts() -> dict[str, int]:
+    """Threads of each bounded pool, by name prefix."""
+    names = [t.name for t in threading.enumerate()]
+    return {prefix: sum(1 for n in names if n.startswith(prefix)) for prefix in POOLED_THREADS}
 
 
 def open_fds() -> tuple[int, int]:

@@ -16,7 +16,7 @@ Writes: one lock serialises them; each is one transaction (``BEGIN
 IMMEDIATE`` ... ``COMMIT``), and the cache changes only after the commit
 returns, so a caller that got an answer has its change on disk. When the
 transaction fails it is rolled back, the cache is left as it was and the
-:class:`sqlite3.Error` propagates (the apiserver answers 500000).
+:class:`sqlite3.Error` propagates (the naming service answers 500001 StoreLayerException).
 
 Durability: WAL with ``synchronous=NORMAL`` by default. A commit is then in
 the WAL file (in the operating system's hands) before it returns, which
