@@ -44,8 +44,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from _report import cpu_model as _cpu_model
+from _report import write_section
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
 
 from polaris_sdk import (  # noqa: E402
     Configuration,
@@ -361,14 +365,6 @@ def bench_memory() -> dict[str, float]:
 # ---------------------------------------------------------------- report
 
 
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, round(q * (len(values) - 1)))] if values else float("nan")
 
@@ -492,15 +488,7 @@ def write_selection(block: list[str]) -> None:
 
 
 def write_readme(section: str) -> None:
-    text = README.read_text(encoding="utf-8") if README.exists() else "# Benchmarks\n"
-    start = text.find(HEADING)
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        following = text.find("\n## ", start + len(HEADING))
-        rest = text[following + 1 :] if following != -1 else ""
-        text = text[:start] + section + ("\n" + rest if rest else "")
-    README.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
+    write_section(README, HEADING, section)
 
 
 def main() -> int:

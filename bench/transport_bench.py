@@ -25,12 +25,16 @@ import queue
 import re
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from _report import cpu_model as _cpu_model
+from _report import load as _load
+from _report import paragraph as _paragraph
+from _report import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "bench" / "README.md"
@@ -306,16 +310,6 @@ def measure(
 # ------------------------------------------------------------------- report
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _versions() -> str:
     import google.protobuf
     import grpc
@@ -325,14 +319,6 @@ def _versions() -> str:
         f"grpcio {grpc.__version__}, protobuf {google.protobuf.__version__}, "
         f"httpx {httpx.__version__}"
     )
-
-
-def _paragraph(text: str) -> list[str]:
-    return textwrap.wrap(text, width=88, break_on_hyphens=False)
-
-
-def _load() -> str:
-    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 Results = dict[tuple[str, str, int], tuple[float, float]]
@@ -386,15 +372,7 @@ def render(results: Results, clients: list[int], duration: float, load: str) -> 
 
 
 def write_readme(section: str) -> None:
-    text = README.read_text(encoding="utf-8") if README.exists() else "# Benchmarks\n"
-    start = text.find(HEADING)
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        following = text.find("\n## ", start + len(HEADING))
-        end = len(text) if following == -1 else following + 1
-        text = text[:start] + section + ("\n" + text[end:] if following != -1 else "")
-    README.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
+    write_section(README, HEADING, section)
 
 
 def main() -> int:
