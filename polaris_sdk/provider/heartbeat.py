@@ -49,7 +49,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
 from contextlib import contextmanager
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from polaris_sdk.config import Configuration
 from polaris_sdk.connector.base import HeartbeatSender, Registrar
@@ -115,24 +115,17 @@ class _Registration:
         self.core = core
         self.owner = owner
         self.track = track  # heartbeats on (TTL health check) or only remembered
-        self.heartbeat_req = InstanceHeartbeatRequest(
-            namespace=req.namespace,
-            service=req.service,
-            host=req.host,
-            port=req.port,
-            instance_id=core.instance_id,
-            vpc_id=req.vpc_id,
-            service_token=req.service_token,
-        )
-        self.deregister_req = InstanceDeregisterRequest(
-            namespace=req.namespace,
-            service=req.service,
-            host=req.host,
-            port=req.port,
-            instance_id=core.instance_id,
-            vpc_id=req.vpc_id,
-            service_token=req.service_token,
-        )
+        key: dict[str, Any] = {
+            "namespace": req.namespace,
+            "service": req.service,
+            "host": req.host,
+            "port": req.port,
+            "instance_id": core.instance_id,
+            "vpc_id": req.vpc_id,
+            "service_token": req.service_token,
+        }
+        self.heartbeat_req = InstanceHeartbeatRequest(**key)
+        self.deregister_req = InstanceDeregisterRequest(**key)
         self.lock = threading.Lock()  # guards core, handle and stopped
         self.io_lock = threading.Lock()  # held for a heartbeat or registration in flight
         self.handle: TimerHandle | None = None
