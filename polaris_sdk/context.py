@@ -3,8 +3,12 @@
 Contract:
 
 * A context owns one :class:`~polaris_sdk.config.Configuration`, one server
-  connector and one :class:`~polaris_sdk.scheduler.Scheduler`; the facades
-  (ProviderAPI, ConsumerAPI) and caches built on it share them.
+  connector, one :class:`~polaris_sdk.scheduler.Scheduler` and one
+  :class:`~polaris_sdk.connector.state.Connection` (``ctx.connection``: the
+  server's reachability as every call of this context sees it, with
+  listeners); the facades (ProviderAPI, ConsumerAPI) and caches built on it
+  share them. ``transport=`` replaces the network with another transport,
+  e.g. a :class:`~polaris_sdk.connector.mock.MockTransport` in tests.
 * ``component(name, factory)`` returns the component registered under
   ``name``, building it with ``factory()`` the first time (once, even when
   called from several threads at the same moment).
@@ -26,7 +30,15 @@ from typing import Any, Protocol, TypeVar
 
 from polaris_sdk._closing import Closing
 from polaris_sdk.config import Configuration, load_config
-from polaris_sdk.connector import ServerConnector, create_connector
+from polaris_sdk.connector import (
+    Connection,
+    ConnectionState,
+    ServerConnector,
+    Transport,
+    create_connector,
+)
+from polaris_sdk.connector.state import ConnectionListener
+from polaris_sdk.dispatch import Dispatcher, Mailbox
 from polaris_sdk.errors import ClosedError
 from polaris_sdk.scheduler import Scheduler
 
@@ -35,6 +47,8 @@ __all__ = ["SDKContext"]
 logger = logging.getLogger("polaris_sdk.context")
 
 T = TypeVar("T")
+
+CONNECTION_THREAD = "polaris-connection"
 
 
 class _Closeable(Protocol):
@@ -49,9 +63,16 @@ class SDKContext(Closing):
         config: Configuration | None = None,
         *,
         connector: ServerConnector | None = None,
+        transport: Transport | None = None,
     ) -> None:
         self._config = config or Configuration()
-        self._connector = connector if connector is not None else create_connector(self._config)
+        self._notices = Dispatcher(CONNECTION_THREAD, max_workers=2)
+        self._connection = Connection(self._mailbox)
+        self._connector = (
+            connector
+            if connector is not None
+            else create_connector(self._config, transport=transport, connection=self._connection)
+        )
         self._scheduler = Scheduler(self._config.scheduler.workers)
         self._lock = threading.RLock()
         self._components: dict[str, Any] = {}
@@ -66,6 +87,7 @@ class SDKContext(Closing):
         token: str | None = None,
         persist_dir: str | os.PathLike[str] | None = None,
         refresh_interval: float | str | None = None,
+        transport: Transport | None = None,
         **settings: Any,
     ) -> SDKContext:
         """A context from a file, a Configuration or the defaults, plus overrides.
@@ -84,11 +106,30 @@ class SDKContext(Closing):
             refresh_interval=refresh_interval,
             **settings,
         )
-        return cls(merged)
+        return cls(merged, transport=transport)
 
     @property
     def config(self) -> Configuration:
         return self._config
+
+    @property
+    def connection(self) -> Connection:
+        """The server's reachability as this context's calls see it."""
+        return self._connection
+
+    @property
+    def state(self) -> ConnectionState:
+        return self._connection.state
+
+    def add_connection_listener(self, listener: ConnectionListener) -> None:
+        """Call ``listener(state)`` (on a listener thread) whenever the state changes."""
+        self._connection.add_listener(listener)
+
+    def remove_connection_listener(self, listener: ConnectionListener) -> None:
+        self._connection.remove_listener(listener)
+
+    def _mailbox(self, listener: ConnectionListener) -> Mailbox[ConnectionState]:
+        return self._notices.mailbox(listener)
 
     @property
     def connector(self) -> ServerConnector:
@@ -129,6 +170,8 @@ class SDKContext(Closing):
                 logger.exception("closing component %s failed", name)
         self._scheduler.close()
         self._connector.close()
+        self._connection.close()
+        self._notices.close()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"

@@ -33,6 +33,7 @@ from polaris_sdk.model import (
 )
 
 __all__ = [
+    "AsyncServerConnector",
     "ClientReporter",
     "HeartbeatSender",
     "InstanceDiscoverer",
@@ -85,3 +86,32 @@ class ServerConnector(Registrar, HeartbeatSender, InstanceDiscoverer, ClientRepo
     def closed(self) -> bool: ...
 
     def close(self) -> None: ...
+
+
+class AsyncServerConnector(Protocol):
+    """The asyncio twin of :class:`ServerConnector`: the same calls, awaited."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    async def register_instance(
+        self, req: InstanceRegisterRequest, ttl: int | None, *, timeout: float | None = None
+    ) -> InstanceRegisterResponse: ...
+
+    async def deregister_instance(
+        self, req: InstanceDeregisterRequest, *, timeout: float | None = None
+    ) -> None: ...
+
+    async def heartbeat(
+        self, req: InstanceHeartbeatRequest, *, timeout: float | None = None
+    ) -> None: ...
+
+    async def discover_instances(
+        self, key: ServiceKey, revision: str = "", timeout: float | None = None
+    ) -> ServiceInstances | None: ...
+
+    async def report_client(
+        self, host: str, version: str = "", *, timeout: float | None = None
+    ) -> None: ...
+
+    async def aclose(self) -> None: ...

@@ -53,14 +53,17 @@ import logging
 import queue
 import threading
 import time
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Any, Final, Generic, TypeVar
 
 import grpc
 
 from polaris_sdk import wire
 from polaris_sdk.config import Configuration
+from polaris_sdk.connector.calls import USER_AGENT, Call, new_request_id
 from polaris_sdk.connector.failover import Endpoint, Endpoints
-from polaris_sdk.connector.naming import USER_AGENT, NamingConnector, new_request_id
+from polaris_sdk.connector.naming import NamingConnector
+from polaris_sdk.connector.state import Connection
 from polaris_sdk.connector.tls import load_tls
 from polaris_sdk.errors import (
     ClosedError,
@@ -71,9 +74,18 @@ from polaris_sdk.errors import (
     error_for_code,
 )
 
-__all__ = ["GrpcConnector", "map_rpc_error"]
+__all__ = [
+    "GrpcConnector",
+    "GrpcSettings",
+    "GrpcTransport",
+    "channel_options",
+    "map_rpc_error",
+    "note_failure",
+]
 
 logger = logging.getLogger("polaris_sdk.connector.grpc")
+
+C = TypeVar("C")
 
 DISCOVER_THREAD: Final = "polaris-discover"
 _STREAM_BACKOFF_MAX: Final = 5.0
@@ -85,7 +97,7 @@ of 4 MB is a Discover answer of about 18,000 instances; a registry's answers
 are trusted, and a service must not become undiscoverable by growing."""
 
 
-def _channel_options(connect_timeout: float, max_receive: int = -1) -> tuple[tuple[str, Any], ...]:
+def channel_options(connect_timeout: float, max_receive: int = -1) -> tuple[tuple[str, Any], ...]:
     return (
         ("grpc.primary_user_agent", USER_AGENT),
         ("grpc.max_receive_message_length", max_receive),
@@ -114,20 +126,32 @@ _STATUS_CODES: Final = {
 }
 
 
-def _too_large(err: grpc.RpcError) -> bool:
+def _status(err: grpc.RpcError) -> grpc.StatusCode | None:
+    # A blocking call's error is a grpc.Call; grpc.aio's AioRpcError is not,
+    # but has the same code() and details().
+    code = getattr(err, "code", None)
+    return code() if callable(code) else None
+
+
+def _details(err: grpc.RpcError) -> str:
+    details = getattr(err, "details", None)
+    return (details() if callable(details) else None) or ""
+
+
+def too_large(err: grpc.RpcError) -> bool:
     """Whether ``err`` is a message over a size limit (this side's or the server's)."""
-    if not isinstance(err, grpc.Call) or err.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED:
+    if _status(err) is not grpc.StatusCode.RESOURCE_EXHAUSTED:
         return False
-    return "larger than max" in (err.details() or "")
+    return "larger than max" in _details(err)
 
 
 def map_rpc_error(err: grpc.RpcError, address: str) -> PolarisError:
     """The SDK error for a failed gRPC call to ``address``."""
-    code = err.code() if isinstance(err, grpc.Call) else grpc.StatusCode.UNKNOWN
-    details = (err.details() if isinstance(err, grpc.Call) else None) or str(code)
+    code = _status(err) or grpc.StatusCode.UNKNOWN
+    details = _details(err) or str(code)
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return PolarisTimeoutError(f"{address}: deadline exceeded")
-    if _too_large(err):
+    if too_large(err):
         # The same request gets the same answer: sending it again cannot help.
         return error_for_code(400000, f"{address}: message over the gRPC size limit: {details}")
     server_code = _STATUS_CODES.get(code)
@@ -181,9 +205,9 @@ class _Channel:
 _Endpoint = Endpoint[_Channel]
 
 
-def _note_failure(endpoints: Endpoints[_Channel], ep: _Endpoint, err: grpc.RpcError | None) -> None:
+def note_failure(endpoints: Endpoints[Any], ep: Endpoint[Any], err: grpc.RpcError | None) -> None:
     """Mark ``ep`` down when ``err`` says it cannot be reached (None: no answer in time)."""
-    code = err.code() if isinstance(err, grpc.Call) else None
+    code = _status(err) if err is not None else None
     if code is grpc.StatusCode.UNAVAILABLE:
         endpoints.mark_down(ep, "unavailable")
     elif code is grpc.StatusCode.DEADLINE_EXCEEDED or err is None:
@@ -222,9 +246,9 @@ class _Call:
 class _DiscoverStream:
     """The shared bidi Discover stream; see the module docstring."""
 
-    def __init__(self, connector: GrpcConnector) -> None:
-        self._connector = connector
-        self._endpoints = connector._endpoints
+    def __init__(self, transport: GrpcTransport) -> None:
+        self._transport = transport
+        self._endpoints = transport.endpoints
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._current: _Call | None = None
@@ -298,7 +322,7 @@ class _DiscoverStream:
         # connect arrives on the reader thread as the call's error.
         requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
         grpc_call = ep.handle.stream("Discover")(
-            iter(requests.get, _END), metadata=self._connector._metadata()
+            iter(requests.get, _END), metadata=self._transport.metadata()
         )
         call = _Call(grpc_call, ep, requests)
         self._current = call
@@ -346,7 +370,7 @@ class _DiscoverStream:
                 error = NetworkError(f"{ep.address}: Discover stream ended by the server")
         except grpc.RpcError as err:
             error = map_rpc_error(err, ep.address)
-            if _too_large(err):
+            if too_large(err):
                 # Only the oldest waiter's answer was too big: the others may
                 # try again on a new call, at once.
                 first = error
@@ -358,7 +382,7 @@ class _DiscoverStream:
                 with self._lock:
                     ours = call.ended
                 if not ours:
-                    _note_failure(self._endpoints, ep, err)
+                    note_failure(self._endpoints, ep, err)
         except Exception as exc:  # the reader must never die without failing its waiters
             logger.exception("Discover stream reader failed")
             error = NetworkError(f"{ep.address}: Discover stream failed: {exc}")
@@ -381,7 +405,7 @@ class _DiscoverStream:
         with self._lock:
             oldest = call.waiters[0].sent_at if call.waiters else waiter.sent_at
             silent = now - max(oldest, call.answered_at)
-            stalled = call.answered_at <= oldest and silent >= self._connector._message_timeout
+            stalled = call.answered_at <= oldest and silent >= self._transport.message_timeout
         if not stalled:
             return
         error = PolarisTimeoutError(
@@ -389,7 +413,7 @@ class _DiscoverStream:
             f"(no answer for {silent:.1f}s); reopening it"
         )
         if self._end(call, error):
-            _note_failure(self._endpoints, call.endpoint, None)
+            note_failure(self._endpoints, call.endpoint, None)
 
     def _forget(self, call: _Call) -> None:
         """A retired call ended cleanly with every waiter answered."""
@@ -445,48 +469,68 @@ class _DiscoverStream:
                 thread.join(5.0)
 
 
-class GrpcConnector(NamingConnector):
-    """:class:`~polaris_sdk.connector.base.ServerConnector` over gRPC."""
+class GrpcSettings(Generic[C]):
+    """What both gRPC transports share: one channel handle per address, metadata, timeouts."""
 
-    def __init__(self, config: Configuration) -> None:
-        super().__init__(config)
+    def __init__(
+        self,
+        config: Configuration,
+        channel: Callable[[str, Any, grpc.ChannelCredentials | None], C],
+    ) -> None:
         sc = config.server_connector
         tls = load_tls(sc)
         credentials = tls.grpc_credentials() if tls is not None else None
-        options = _channel_options(sc.connect_timeout, MAX_RECEIVE_MESSAGE_LENGTH)
-        self._endpoints = Endpoints(
-            (
-                Endpoint(address, _Channel(address, options, credentials))
-                for address in sc.addresses
-            ),
+        options = channel_options(sc.connect_timeout, MAX_RECEIVE_MESSAGE_LENGTH)
+        self._token = sc.token
+        self._closed = False
+        self.message_timeout = sc.message_timeout
+        self.endpoints: Endpoints[C] = Endpoints(
+            (Endpoint(address, channel(address, options, credentials)) for address in sc.addresses),
             sc.failback_interval,
         )
-        self._discover_stream = _DiscoverStream(self)
 
-    def _release(self) -> None:
-        self._discover_stream.close()
-        for ep in self._endpoints:
-            ep.handle.channel.close()
-
-    def _metadata(self) -> tuple[tuple[str, str], ...]:
+    def metadata(self) -> tuple[tuple[str, str], ...]:
         md: tuple[tuple[str, str], ...] = (("request-id", new_request_id()),)
         if self._token:
             md += (("x-polaris-token", self._token),)
         return md
 
-    def _discover(self, request: Any, timeout: float) -> Any:
-        return self._discover_stream.exchange(request, time.monotonic() + timeout)
 
-    def _unary(self, name: str, request: Any, timeout: float) -> Any:
-        ep = self._endpoints.pick()
+class GrpcTransport(GrpcSettings[_Channel]):
+    """Moves naming calls over ``v1.PolarisGRPC`` (the blocking gRPC API); thread-safe."""
+
+    def __init__(self, config: Configuration) -> None:
+        super().__init__(config, _Channel)
+        self._discover_stream = _DiscoverStream(self)
+
+    def close(self) -> None:
+        self._closed = True
+        self._discover_stream.close()
+        for ep in self.endpoints:
+            ep.handle.channel.close()
+
+    def exchange(self, call: Call, timeout: float) -> Any:
+        if call.is_discover:
+            return self._discover_stream.exchange(call.request, time.monotonic() + timeout)
+        ep = self.endpoints.pick()
         try:
-            resp = ep.handle.unary(name)(request, timeout=timeout, metadata=self._metadata())
+            resp = ep.handle.unary(call.method)(
+                call.request, timeout=timeout, metadata=self.metadata()
+            )
         except grpc.RpcError as err:
-            _note_failure(self._endpoints, ep, err)
+            note_failure(self.endpoints, ep, err)
             raise map_rpc_error(err, ep.address) from None
         except ValueError as err:
             # grpc raises ValueError on a channel closed by a concurrent close().
-            self._check_open()
+            if self._closed:
+                raise ClosedError("the connector is closed") from None
             raise NetworkError(f"{ep.address}: {err}") from None
-        self._endpoints.mark_up(ep)
+        self.endpoints.mark_up(ep)
         return resp
+
+
+class GrpcConnector(NamingConnector):
+    """:class:`~polaris_sdk.connector.base.ServerConnector` over gRPC."""
+
+    def __init__(self, config: Configuration, *, connection: Connection | None = None) -> None:
+        super().__init__(config, GrpcTransport(config), connection=connection)

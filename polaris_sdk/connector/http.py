@@ -44,12 +44,20 @@ from google.protobuf import json_format
 
 from polaris_sdk import wire
 from polaris_sdk.config import Configuration
+from polaris_sdk.connector.calls import USER_AGENT, Call, new_request_id
 from polaris_sdk.connector.failover import Endpoint, Endpoints
-from polaris_sdk.connector.naming import USER_AGENT, NamingConnector, new_request_id
+from polaris_sdk.connector.naming import NamingConnector
+from polaris_sdk.connector.state import Connection
 from polaris_sdk.connector.tls import load_tls
-from polaris_sdk.errors import NetworkError, PolarisError, PolarisTimeoutError
+from polaris_sdk.errors import ClosedError, NetworkError, PolarisError, PolarisTimeoutError
 
-__all__ = ["MAX_CONNECTIONS", "HttpConnector", "code_for_status"]
+__all__ = [
+    "MAX_CONNECTIONS",
+    "AsyncHttpTransport",
+    "HttpConnector",
+    "HttpTransport",
+    "code_for_status",
+]
 
 logger = logging.getLogger("polaris_sdk.connector.http")
 
@@ -85,84 +93,84 @@ def _header_code(response: httpx.Response) -> int | None:
     return int(raw) if raw.isdigit() else None
 
 
-class HttpConnector(NamingConnector):
-    """:class:`~polaris_sdk.connector.base.ServerConnector` over the HTTP API."""
+class _HttpExchange:
+    """What the blocking and the asyncio HTTP transports share: all but the client."""
 
     def __init__(self, config: Configuration) -> None:
-        super().__init__(config)
         sc = config.server_connector
-        tls = load_tls(sc)
-        scheme = "https" if tls is not None else "http"
+        self._tls = load_tls(sc)
+        scheme = "https" if self._tls is not None else "http"
+        self._token = sc.token
         self._connect_timeout = sc.connect_timeout
-        self._endpoints: Endpoints[str] = Endpoints(
+        self._closed = False
+        self.endpoints: Endpoints[str] = Endpoints(
             (Endpoint(address, f"{scheme}://{address}") for address in sc.addresses),
             sc.failback_interval,
         )
-        self._client = httpx.Client(
-            verify=tls.ssl_context() if tls is not None else True,
-            limits=httpx.Limits(
+
+    def _client_args(self) -> dict[str, Any]:
+        return {
+            "verify": self._tls.ssl_context() if self._tls is not None else True,
+            "limits": httpx.Limits(
                 max_connections=MAX_CONNECTIONS,
                 max_keepalive_connections=_MAX_IDLE,
                 keepalive_expiry=_KEEPALIVE_EXPIRY,
             ),
-            headers={
+            "headers": {
                 "User-Agent": USER_AGENT,
                 "Content-Type": "application/json",
                 "Accept": "application/json",
             },
             # The registry is reached directly, as the other Polaris SDKs do;
             # an HTTP_PROXY meant for the application must not capture it.
-            trust_env=False,
-        )
+            "trust_env": False,
+        }
 
-    def _release(self) -> None:
-        self._client.close()
-
-    def _unary(self, name: str, request: Any, timeout: float) -> Any:
-        ep = self._endpoints.pick()
+    def _request(self, call: Call, timeout: float) -> tuple[Endpoint[str], dict[str, Any]]:
+        """The endpoint to use and the ``post()`` arguments for one attempt of ``call``."""
+        ep = self.endpoints.pick()
         body = json.dumps(
-            json_format.MessageToDict(request, descriptor_pool=wire.POOL), separators=(",", ":")
+            json_format.MessageToDict(call.request, descriptor_pool=wire.POOL),
+            separators=(",", ":"),
         )
         headers = {"Request-Id": new_request_id()}
         if self._token:
             headers["X-Polaris-Token"] = self._token
-        try:
-            response = self._client.post(
-                f"{ep.handle}/v1/{name}",
-                content=body.encode(),
-                headers=headers,
-                timeout=httpx.Timeout(timeout, connect=min(self._connect_timeout, timeout)),
-            )
-        except httpx.HTTPError as err:
-            raise self._failed(ep, err) from None
-        except RuntimeError:
-            # httpx refuses to send on a client closed by a concurrent close().
-            self._check_open()
-            raise
-        self._endpoints.mark_up(ep)
-        return self._answer(name, response, ep.address)
+        return ep, {
+            "url": f"{ep.handle}/v1/{call.method}",
+            "content": body.encode(),
+            "headers": headers,
+            "timeout": httpx.Timeout(timeout, connect=min(self._connect_timeout, timeout)),
+        }
+
+    def _closed_client(self) -> PolarisError:
+        # httpx refuses to send on a client closed by a concurrent close().
+        if self._closed:
+            return ClosedError("the connector is closed")
+        return NetworkError("the HTTP client was closed")
 
     def _failed(self, ep: Endpoint[str], err: httpx.HTTPError) -> PolarisError:
         """The SDK error for ``err``, marking ``ep`` down when it says so."""
         what = type(err).__name__
         if isinstance(err, httpx.ConnectTimeout | httpx.ConnectError):
-            self._endpoints.mark_down(ep, what)
+            self.endpoints.mark_down(ep, what)
             return NetworkError(f"{ep.address}: cannot connect ({what}: {err})")
         if isinstance(err, httpx.PoolTimeout):
             return PolarisTimeoutError(
                 f"{ep.address}: all {MAX_CONNECTIONS} connections busy; no answer in time"
             )
         if isinstance(err, httpx.TimeoutException):
-            self._endpoints.no_answer(ep)
+            self.endpoints.no_answer(ep)
             return PolarisTimeoutError(f"{ep.address}: no answer in time ({what})")
         if isinstance(err, httpx.TransportError):
             # Closed mid-answer: a server restarting, or a stale keep-alive connection.
-            self._endpoints.no_answer(ep)
+            self.endpoints.no_answer(ep)
             return NetworkError(f"{ep.address}: {what}: {err}")
         return NetworkError(f"{ep.address}: {what}: {err}")
 
-    def _answer(self, name: str, response: httpx.Response, address: str) -> Any:
+    def _answer(self, name: str, ep: Endpoint[str], response: httpx.Response) -> Any:
         """The answer message of ``response``, its code filled in when the body had none."""
+        self.endpoints.mark_up(ep)
         message: Any = wire.POLARIS_GRPC_METHODS[name].response()
         try:
             json_format.Parse(
@@ -177,10 +185,61 @@ class HttpConnector(NamingConnector):
         if code is None:
             code = code_for_status(response.status_code)
             info = (
-                f"HTTP {response.status_code} {response.reason_phrase} from {address} "
+                f"HTTP {response.status_code} {response.reason_phrase} from {ep.address} "
                 "without a Polaris code"
             )
             logger.warning("%s: %s", name, info)
         message.code.value = code
         message.info.value = info
         return message
+
+
+class HttpTransport(_HttpExchange):
+    """Moves naming calls as ``POST /v1/<Method>`` on one :class:`httpx.Client`; thread-safe."""
+
+    def __init__(self, config: Configuration) -> None:
+        super().__init__(config)
+        self._client = httpx.Client(**self._client_args())
+
+    def close(self) -> None:
+        self._closed = True
+        self._client.close()
+
+    def exchange(self, call: Call, timeout: float) -> Any:
+        ep, args = self._request(call, timeout)
+        try:
+            response = self._client.post(**args)
+        except httpx.HTTPError as err:
+            raise self._failed(ep, err) from None
+        except RuntimeError:
+            raise self._closed_client() from None
+        return self._answer(call.method, ep, response)
+
+
+class AsyncHttpTransport(_HttpExchange):
+    """The same on one :class:`httpx.AsyncClient`, for an asyncio context."""
+
+    def __init__(self, config: Configuration) -> None:
+        super().__init__(config)
+        self._client = httpx.AsyncClient(**self._client_args())
+
+    async def aclose(self) -> None:
+        self._closed = True
+        await self._client.aclose()
+
+    async def exchange(self, call: Call, timeout: float) -> Any:
+        ep, args = self._request(call, timeout)
+        try:
+            response = await self._client.post(**args)
+        except httpx.HTTPError as err:
+            raise self._failed(ep, err) from None
+        except RuntimeError:
+            raise self._closed_client() from None
+        return self._answer(call.method, ep, response)
+
+
+class HttpConnector(NamingConnector):
+    """:class:`~polaris_sdk.connector.base.ServerConnector` over the HTTP API."""
+
+    def __init__(self, config: Configuration, *, connection: Connection | None = None) -> None:
+        super().__init__(config, HttpTransport(config), connection=connection)

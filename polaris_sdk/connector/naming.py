@@ -1,41 +1,46 @@
-"""The naming calls every transport offers, written once over one exchange.
+"""The naming API over a one-method transport: a blocking and an asyncio driver.
 
-:class:`NamingConnector` implements
-:class:`~polaris_sdk.connector.base.ServerConnector` (register, deregister,
-heartbeat, report client, discover) in terms of two transport hooks:
-``_unary(name, request, timeout)`` sends one ``v1`` request message and
-returns the answer message, and ``_discover(request, timeout)`` does the same
-for Discover (by default through ``_unary``). A transport subclass adds only
-how bytes move: the gRPC channel and Discover stream, or HTTP POSTs.
+:class:`NamingConnector` (blocking) and :class:`AsyncNamingConnector`
+(asyncio) implement the same calls (register, deregister, heartbeat, report
+client, discover) the same way: the request is built and the answer judged
+by :mod:`polaris_sdk.connector.calls`, retries follow
+:class:`~polaris_sdk.connector.retry.RetryPolicy` through tenacity
+(``Retrying`` / ``AsyncRetrying``), and every attempt's outcome is recorded
+in the context's :class:`~polaris_sdk.connector.state.Connection`. They
+differ only in how they wait.
+
+The transport seam is one method, ``exchange(call, timeout)``: send one
+:class:`~polaris_sdk.connector.calls.Call` and return the answer message, or
+raise a :class:`~polaris_sdk.errors.PolarisError` for what it saw (no
+address reachable, no answer in time). gRPC, grpc.aio, httpx and httpx
+async implement it, and so does :class:`~polaris_sdk.connector.mock.
+MockTransport` for tests.
 
 Contract (on top of :mod:`polaris_sdk.connector.base`):
 
-* One hook call is one attempt and lasts at most ``timeout`` seconds, which
-  is ``messageTimeout`` or less when the call's deadline is nearer; for
-  Discover, whose answer grows with the service, it is the time left until
-  the call's deadline. The hook
-  raises a :class:`~polaris_sdk.errors.PolarisError` for failures it sees
-  (unreachable, no answer in time) and returns the answer otherwise.
-* The answer's ``code`` decides the outcome here, in one place: success
-  (and 200001 for Discover) returns; every other code becomes its error via
-  :func:`~polaris_sdk.errors.error_for_code`. Only retriable failures are
-  retried, within the call's deadline (:mod:`polaris_sdk.connector.retry`).
-* ``close()`` is idempotent; afterwards every call raises
+* One attempt lasts at most :meth:`Call.attempt_timeout`; the whole call,
+  retries and failover included, at most ``timeout`` (default
+  ``global.api.timeout``).
+* Only retriable failures are retried; tenacity is set up only once a
+  first attempt has failed that way.
+* ``close()`` / ``aclose()`` is idempotent; afterwards every call raises
   :class:`~polaris_sdk.errors.ClosedError`.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
-import uuid
-from abc import ABC, abstractmethod
-from collections.abc import Callable
-from typing import Any, Final
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, Protocol, TypeVar
 
-from polaris_sdk import wire
+from tenacity import AsyncRetrying, Retrying
+
 from polaris_sdk.config import Configuration
-from polaris_sdk.connector.retry import RetryPolicy, call_with_retry
-from polaris_sdk.errors import ClosedError, error_for_code
+from polaris_sdk.connector import calls
+from polaris_sdk.connector.calls import USER_AGENT, Call, new_request_id
+from polaris_sdk.connector.retry import RetryPolicy, is_retriable
+from polaris_sdk.connector.state import Connection
+from polaris_sdk.errors import ClosedError, NetworkError, PolarisError, PolarisTimeoutError
 from polaris_sdk.model import (
     InstanceDeregisterRequest,
     InstanceHeartbeatRequest,
@@ -43,48 +48,60 @@ from polaris_sdk.model import (
     InstanceRegisterResponse,
     ServiceInstances,
     ServiceKey,
-    instance_key_to_wire,
-    register_request_to_wire,
-    service_instances_from_wire,
 )
-from polaris_sdk.validation import instance_id
 
 __all__ = [
     "DATA_NO_CHANGE",
     "EXISTED_RESOURCE",
     "SUCCESS",
     "USER_AGENT",
+    "AsyncNamingConnector",
+    "AsyncTransport",
     "NamingConnector",
+    "Transport",
     "new_request_id",
 ]
 
+SUCCESS: Final = calls.SUCCESS
+DATA_NO_CHANGE: Final = calls.DATA_NO_CHANGE
+EXISTED_RESOURCE: Final = calls.EXISTED_RESOURCE
 
-def _sdk_version() -> str:
-    try:
-        return importlib.metadata.version("polarismesh-sdk")
-    except importlib.metadata.PackageNotFoundError:
-        return "0"
-
-
-USER_AGENT: Final = f"polaris-sdk-python/{_sdk_version()}"
-SUCCESS: Final = 200000
-DATA_NO_CHANGE: Final = 200001
-EXISTED_RESOURCE: Final = 400201
-_SDK_CLIENT_TYPE: Final = (
-    wire.POOL.FindEnumTypeByName("v1.Client.ClientType").values_by_name["SDK"].number
-)
-_INSTANCE_DISCOVER: Final = wire.DISCOVER_REQUEST_TYPE.values_by_name["INSTANCE"].number
+T = TypeVar("T")
 
 
-def new_request_id() -> str:
-    """A fresh ``request-id`` header value."""
-    return uuid.uuid4().hex
+class Transport(Protocol):
+    """Moves one call's request and answer, blocking; thread-safe."""
+
+    def exchange(self, call: Call, timeout: float) -> Any: ...
+
+    def close(self) -> None: ...
 
 
-class NamingConnector(ABC):
-    """The naming API over a transport's exchange; see the module doc."""
+class AsyncTransport(Protocol):
+    """Moves one call's request and answer on the event loop."""
 
-    def __init__(self, config: Configuration) -> None:
+    async def exchange(self, call: Call, timeout: float) -> Any: ...
+
+    async def aclose(self) -> None: ...
+
+
+class _Replay:
+    """Hands tenacity the first attempt's failure as its attempt 1, then runs new attempts."""
+
+    __slots__ = ("first",)
+
+    def __init__(self, first: BaseException) -> None:
+        self.first: BaseException | None = first
+
+    def take(self) -> BaseException | None:
+        first, self.first = self.first, None
+        return first
+
+
+class _Core:
+    """What both drivers share: settings, the open check and the outcome bookkeeping."""
+
+    def __init__(self, config: Configuration, connection: Connection | None) -> None:
         sc = config.server_connector
         self._config = config
         self._token = sc.token
@@ -93,6 +110,7 @@ class NamingConnector(ABC):
         self._policy = RetryPolicy(
             max_retries=config.api.max_retry_times, initial=config.api.retry_interval
         )
+        self._connection = connection
         self._closed = False
 
     @property
@@ -103,120 +121,197 @@ class NamingConnector(ABC):
     def addresses(self) -> tuple[str, ...]:
         return self._config.server_connector.addresses
 
+    @property
+    def connection(self) -> Connection | None:
+        return self._connection
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("the connector is closed")
+
+    def _deadline(self, timeout: float | None) -> tuple[float, float]:
+        self._check_open()
+        budget = self._api_timeout if timeout is None else timeout
+        return budget, time.monotonic() + budget
+
+    def _remaining(self, call: Call, budget: float, deadline: float) -> float:
+        self._check_open()
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise PolarisTimeoutError(f"{call.label}: no answer within {budget:.3g}s")
+        return call.attempt_timeout(remaining, self._message_timeout)
+
+    def _record(self, error: BaseException | None) -> None:
+        connection = self._connection
+        if connection is None:
+            return
+        if error is None:
+            connection.reached()
+        elif isinstance(error, NetworkError):
+            connection.unreachable(error)
+        elif isinstance(error, PolarisError) and not isinstance(error, ClosedError):
+            connection.reached()  # a server answered, with an error code
+
+
+class NamingConnector(_Core):
+    """The naming API over a blocking :class:`Transport`; thread-safe."""
+
+    def __init__(
+        self,
+        config: Configuration,
+        transport: Transport,
+        *,
+        connection: Connection | None = None,
+    ) -> None:
+        super().__init__(config, connection)
+        self._transport = transport
+
+    @property
+    def transport(self) -> Transport:
+        return self._transport
+
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        self._release()
-
-    # ------------------------------------------------------ transport hooks
-
-    @abstractmethod
-    def _unary(self, name: str, request: Any, timeout: float) -> Any:
-        """Send ``request`` as ``v1.PolarisGRPC/<name>``; the answer message."""
-
-    def _discover(self, request: Any, timeout: float) -> Any:
-        """One Discover request and its answer."""
-        return self._unary("Discover", request, timeout)
-
-    @abstractmethod
-    def _release(self) -> None:
-        """Free the transport's connections and threads; called once, by close()."""
+        self._transport.close()
 
     # ------------------------------------------------------------ naming API
 
     def register_instance(
         self, req: InstanceRegisterRequest, ttl: int | None, *, timeout: float | None = None
     ) -> InstanceRegisterResponse:
-        msg = register_request_to_wire(req, ttl)
-        resp = self._call_checked("RegisterInstance", msg, timeout, ok=(SUCCESS, EXISTED_RESOURCE))
-        given = resp.instance.id.value if resp.HasField("instance") else ""
-        iid = (
-            given
-            or req.instance_id
-            or instance_id(req.namespace, req.service, req.host, req.port, req.vpc_id)
-        )
-        return InstanceRegisterResponse(
-            instance_id=iid, existed=resp.code.value == EXISTED_RESOURCE
-        )
+        return calls.register_result(req, self.call(calls.register(req, ttl), timeout))
 
     def deregister_instance(
         self, req: InstanceDeregisterRequest, *, timeout: float | None = None
     ) -> None:
-        self._call_checked("DeregisterInstance", instance_key_to_wire(req), timeout)
+        self.call(calls.deregister(req), timeout)
 
     def heartbeat(self, req: InstanceHeartbeatRequest, *, timeout: float | None = None) -> None:
-        self._call_checked("Heartbeat", instance_key_to_wire(req), timeout)
+        self.call(calls.heartbeat(req), timeout)
 
     def report_client(self, host: str, version: str = "", *, timeout: float | None = None) -> None:
-        msg = wire.Client(
-            host=wire.StringValue(value=host), version=wire.StringValue(value=version)
-        )
-        msg.type = _SDK_CLIENT_TYPE
-        self._call_checked("ReportClient", msg, timeout)
+        self.call(calls.report_client(host, version), timeout)
 
     def discover_instances(
         self, key: ServiceKey, revision: str = "", timeout: float | None = None
     ) -> ServiceInstances | None:
-        request = wire.DiscoverRequest(
-            type=_INSTANCE_DISCOVER,
-            service=wire.Service(
-                name=wire.StringValue(value=key.service),
-                namespace=wire.StringValue(value=key.namespace),
-                revision=wire.StringValue(value=revision),
-            ),
-        )
-
-        def attempt(remaining: float) -> Any:
-            self._check_open()
-            resp = self._discover(request, self._discover_timeout(remaining))
-            code = resp.code.value
-            if code not in (SUCCESS, DATA_NO_CHANGE):
-                raise error_for_code(code, resp.info.value)
-            return resp
-
-        resp = self._retry(attempt, timeout, f"Discover {key}")
-        if resp.code.value == DATA_NO_CHANGE:
-            return None
-        return service_instances_from_wire(resp, key.namespace, key.service)
+        return calls.discover_result(key, self.call(calls.discover(key, revision), timeout))
 
     # -------------------------------------------------------------- calling
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ClosedError("the connector is closed")
+    def call(self, call: Call, timeout: float | None = None) -> Any:
+        """Send ``call`` until judged a success, a final failure, or the deadline passes."""
+        budget, deadline = self._deadline(timeout)
 
-    def _attempt_timeout(self, remaining: float) -> float:
-        # One attempt waits at most messageTimeout, so a wedged server is
-        # given up on (and another address tried) while the call has time.
-        return max(0.001, min(self._message_timeout, remaining))
+        def attempt() -> Any:
+            wait = self._remaining(call, budget, deadline)
+            try:
+                answer = self._transport.exchange(call, wait)
+            except BaseException as exc:
+                self._record(exc)
+                raise
+            self._record(None)
+            return call.judge(answer)
 
-    @staticmethod
-    def _discover_timeout(remaining: float) -> float:
-        # A Discover answer carries the whole service (20,000 instances are
-        # about 5 MB, decoded in hundreds of milliseconds on a busy machine),
-        # and a gRPC exchange given up may break the stream every caller
-        # shares: it may use the call's whole remaining time.
-        return max(0.001, remaining)
+        try:
+            return attempt()
+        except PolarisError as exc:
+            if not is_retriable(exc) or self._policy.max_retries == 0:
+                raise
+            replay = _Replay(exc)
 
-    def _retry(self, attempt: Callable[[float], Any], timeout: float | None, what: str) -> Any:
-        self._check_open()
-        budget = self._api_timeout if timeout is None else timeout
-        return call_with_retry(attempt, timeout=budget, policy=self._policy, what=what)
+        def again() -> Any:
+            first = replay.take()
+            if first is not None:
+                raise first
+            return attempt()
 
-    def _call_checked(
+        retrying = Retrying(**self._policy.tenacity_args(budget, call.label))
+        return retrying(again)
+
+
+class AsyncNamingConnector(_Core):
+    """The naming API over an :class:`AsyncTransport`, on one event loop."""
+
+    def __init__(
         self,
-        name: str,
-        request: Any,
-        timeout: float | None,
-        ok: tuple[int, ...] = (SUCCESS,),
-    ) -> Any:
-        def attempt(remaining: float) -> Any:
-            self._check_open()
-            resp = self._unary(name, request, self._attempt_timeout(remaining))
-            code = resp.code.value
-            if code not in ok:
-                raise error_for_code(code, resp.info.value)
-            return resp
+        config: Configuration,
+        transport: AsyncTransport,
+        *,
+        connection: Connection | None = None,
+    ) -> None:
+        super().__init__(config, connection)
+        self._transport = transport
 
-        return self._retry(attempt, timeout, name)
+    @property
+    def transport(self) -> AsyncTransport:
+        return self._transport
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._transport.aclose()
+
+    # ------------------------------------------------------------ naming API
+
+    async def register_instance(
+        self, req: InstanceRegisterRequest, ttl: int | None, *, timeout: float | None = None
+    ) -> InstanceRegisterResponse:
+        return calls.register_result(req, await self.call(calls.register(req, ttl), timeout))
+
+    async def deregister_instance(
+        self, req: InstanceDeregisterRequest, *, timeout: float | None = None
+    ) -> None:
+        await self.call(calls.deregister(req), timeout)
+
+    async def heartbeat(
+        self, req: InstanceHeartbeatRequest, *, timeout: float | None = None
+    ) -> None:
+        await self.call(calls.heartbeat(req), timeout)
+
+    async def report_client(
+        self, host: str, version: str = "", *, timeout: float | None = None
+    ) -> None:
+        await self.call(calls.report_client(host, version), timeout)
+
+    async def discover_instances(
+        self, key: ServiceKey, revision: str = "", timeout: float | None = None
+    ) -> ServiceInstances | None:
+        answer = await self.call(calls.discover(key, revision), timeout)
+        return calls.discover_result(key, answer)
+
+    # -------------------------------------------------------------- calling
+
+    async def call(self, call: Call, timeout: float | None = None) -> Any:
+        """As :meth:`NamingConnector.call`, awaiting instead of blocking."""
+        budget, deadline = self._deadline(timeout)
+
+        async def attempt() -> Any:
+            wait = self._remaining(call, budget, deadline)
+            try:
+                answer = await self._transport.exchange(call, wait)
+            except BaseException as exc:
+                self._record(exc)
+                raise
+            self._record(None)
+            return call.judge(answer)
+
+        try:
+            return await attempt()
+        except PolarisError as exc:
+            if not is_retriable(exc) or self._policy.max_retries == 0:
+                raise
+            replay = _Replay(exc)
+
+        async def again() -> Any:
+            first = replay.take()
+            if first is not None:
+                raise first
+            return await attempt()
+
+        retrying = AsyncRetrying(**self._policy.tenacity_args(budget, call.label))
+        run: Callable[[], Awaitable[Any]] = again
+        return await retrying(run)

@@ -107,7 +107,7 @@ def test_an_answer_over_the_limit_fails_at_once_and_spares_the_stream(
             # Not retried: the same request would get the same answer.
             assert len(authorizer.actions(Action.DISCOVER)) == 1
             # The address is not taken for down, and the next call needs no backoff.
-            assert not any(ep.down_until for ep in connector._endpoints)
+            assert not any(ep.down_until for ep in connector.transport.endpoints)
             snapshot = connector.discover_instances(SMALL)
             assert snapshot is not None and len(snapshot) == 1
             assert len(authorizer.actions(Action.DISCOVER)) == 2

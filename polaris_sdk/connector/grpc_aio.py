@@ -1,0 +1,295 @@
+"""The asyncio gRPC transport: ``v1.PolarisGRPC`` over ``grpc.aio``.
+
+Contract (as :mod:`polaris_sdk.connector.grpc`, on one event loop):
+
+* Everything runs on the loop of the context that owns the transport: the
+  channels are made there on first use, and no thread is started. One
+  instance serves the whole asyncio context.
+* Addresses fail over with the same rules as the blocking transport
+  (:mod:`polaris_sdk.connector.failover`); unary attempts last at most the
+  timeout they are given; answers of any size are accepted.
+* Discover calls share one bidirectional stream. The server answers each
+  request once and in order, so requests are written, and their futures
+  queued, under one lock, and one reader task hands each answer to the
+  oldest waiter. When the stream breaks every waiter gets the error and the
+  next call opens a new stream, after a backoff (growing while opening keeps
+  failing) that a call waits out only if it ends before the call's
+  deadline. A waiter whose answer does not come in time leaves; the stream
+  is broken only when it has answered nothing for ``messageTimeout`` since
+  the oldest pending request was sent. An answer over a size limit fails
+  only its own waiter's call.
+* ``aclose()`` ends the stream and its reader task and closes the channels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from typing import Any, Final
+
+import grpc
+import grpc.aio
+
+from polaris_sdk import wire
+from polaris_sdk.config import Configuration
+from polaris_sdk.connector.calls import Call
+from polaris_sdk.connector.failover import Endpoint
+from polaris_sdk.connector.grpc import GrpcSettings, map_rpc_error, note_failure, too_large
+from polaris_sdk.errors import ClosedError, NetworkError, PolarisError, PolarisTimeoutError
+
+__all__ = ["AioGrpcTransport"]
+
+logger = logging.getLogger("polaris_sdk.connector.grpc_aio")
+
+_STREAM_BACKOFF_MAX: Final = 5.0
+
+
+class _AioChannel:
+    """One address's ``grpc.aio`` channel, made on first use, and its cached callables."""
+
+    def __init__(
+        self, address: str, options: Any, credentials: grpc.ChannelCredentials | None
+    ) -> None:
+        self._address = address
+        self._options = options
+        self._credentials = credentials
+        self._channel: grpc.aio.Channel | None = None
+        self._unary: dict[str, Any] = {}
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        if self._channel is None:
+            if self._credentials is None:
+                self._channel = grpc.aio.insecure_channel(self._address, options=self._options)
+            else:
+                self._channel = grpc.aio.secure_channel(
+                    self._address, self._credentials, options=self._options
+                )
+        return self._channel
+
+    def unary(self, name: str) -> Any:
+        fn = self._unary.get(name)
+        if fn is None:
+            method = wire.POLARIS_GRPC_METHODS[name]
+            fn = self.channel.unary_unary(
+                method.path,
+                request_serializer=method.request.SerializeToString,
+                response_deserializer=method.response.FromString,
+            )
+            self._unary[name] = fn
+        return fn
+
+    def stream(self, name: str) -> Any:
+        method = wire.POLARIS_GRPC_METHODS[name]
+        return self.channel.stream_stream(
+            method.path,
+            request_serializer=method.request.SerializeToString,
+            response_deserializer=method.response.FromString,
+        )
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+
+class _Waiter:
+    __slots__ = ("future", "sent_at")
+
+    def __init__(self, future: asyncio.Future[Any]) -> None:
+        self.future = future
+        self.sent_at = time.monotonic()
+
+
+class _StreamCall:
+    __slots__ = ("answered_at", "call", "ended", "endpoint", "reader", "waiters")
+
+    def __init__(self, call: Any, endpoint: Endpoint[_AioChannel]) -> None:
+        self.call = call
+        self.endpoint = endpoint
+        self.waiters: collections.deque[_Waiter] = collections.deque()
+        self.answered_at = time.monotonic()
+        self.ended = False
+        self.reader: asyncio.Task[None] | None = None
+
+
+class _AioDiscoverStream:
+    def __init__(self, transport: AioGrpcTransport) -> None:
+        self._transport = transport
+        self._endpoints = transport.endpoints
+        self._lock: asyncio.Lock | None = None
+        self._current: _StreamCall | None = None
+        self._calls: set[_StreamCall] = set()
+        self._failures = 0
+        self._retry_at = 0.0
+        self._last_error: PolarisError | None = None
+        self._closed = False
+
+    async def exchange(self, request: Any, timeout: float) -> Any:
+        deadline = time.monotonic() + timeout
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        while True:
+            async with self._lock:
+                if self._closed:
+                    raise ClosedError("the connector is closed")
+                wait = self._retry_at - time.monotonic() if self._current is None else 0.0
+                if wait <= 0:
+                    call = self._current or self._open()
+                    waiter = _Waiter(asyncio.get_running_loop().create_future())
+                    call.waiters.append(waiter)
+                    try:
+                        await call.call.write(request)
+                    except (grpc.RpcError, asyncio.InvalidStateError) as err:
+                        # The reader sees the same failure and fails the waiters.
+                        logger.debug("Discover write failed: %r", err)
+                    break
+                cause = self._last_error
+            if time.monotonic() + wait >= deadline:
+                raise PolarisTimeoutError(
+                    f"Discover stream is reconnecting, in {wait:.2f}s, after the call's "
+                    f"deadline; it broke with: {cause}"
+                )
+            await asyncio.sleep(wait)
+        try:
+            return await asyncio.wait_for(
+                asyncio.shield(waiter.future), max(0.0, deadline - time.monotonic())
+            )
+        except TimeoutError:
+            self._no_answer(call, waiter)
+            raise PolarisTimeoutError(
+                f"{call.endpoint.address}: Discover: no answer in time"
+            ) from None
+
+    def _open(self) -> _StreamCall:
+        ep = self._endpoints.pick()
+        grpc_call = ep.handle.stream("Discover")(metadata=self._transport.metadata())
+        call = _StreamCall(grpc_call, ep)
+        call.reader = asyncio.get_running_loop().create_task(
+            self._read(call), name="polaris-discover-reader"
+        )
+        self._current = call
+        self._calls.add(call)
+        logger.debug("Discover stream opened to %s", ep.address)
+        return call
+
+    async def _read(self, call: _StreamCall) -> None:
+        ep = call.endpoint
+        error: PolarisError | None = None
+        first: PolarisError | None = None
+        penalize = True
+        try:
+            while True:
+                response = await call.call.read()
+                if response is grpc.aio.EOF:
+                    error = NetworkError(f"{ep.address}: Discover stream ended by the server")
+                    break
+                call.answered_at = time.monotonic()
+                if call is self._current:
+                    self._failures = 0
+                self._endpoints.mark_up(ep)
+                waiter = call.waiters.popleft() if call.waiters else None
+                if waiter is None:
+                    logger.warning("Discover answer with no request waiting; dropped")
+                elif not waiter.future.done():
+                    waiter.future.set_result(response)
+        except asyncio.CancelledError:
+            error = ClosedError("the connector is closed")
+            penalize = False
+        except grpc.RpcError as err:
+            error = map_rpc_error(err, ep.address)
+            if too_large(err):
+                first, penalize = error, False
+                error = NetworkError(
+                    f"{ep.address}: Discover stream reset by an answer over the size limit"
+                )
+            elif not call.ended:
+                note_failure(self._endpoints, ep, err)
+        except Exception as exc:  # the reader must never end without failing its waiters
+            logger.exception("Discover stream reader failed")
+            error = NetworkError(f"{ep.address}: Discover stream failed: {exc}")
+        self._end(call, error, first=first, penalize=penalize)
+
+    def _no_answer(self, call: _StreamCall, waiter: _Waiter) -> None:
+        now = time.monotonic()
+        oldest = call.waiters[0].sent_at if call.waiters else waiter.sent_at
+        silent = now - max(oldest, call.answered_at)
+        if call.answered_at <= oldest and silent >= self._transport.message_timeout:
+            error = PolarisTimeoutError(
+                f"{call.endpoint.address}: Discover stream stalled "
+                f"(no answer for {silent:.1f}s); reopening it"
+            )
+            if self._end(call, error):
+                note_failure(self._endpoints, call.endpoint, None)
+
+    def _end(
+        self,
+        call: _StreamCall,
+        error: PolarisError | None,
+        *,
+        first: PolarisError | None = None,
+        penalize: bool = True,
+    ) -> bool:
+        if call.ended:
+            return False
+        call.ended = True
+        self._calls.discard(call)
+        error = error or NetworkError(f"{call.endpoint.address}: Discover stream ended")
+        if call is self._current:
+            self._current = None
+            if penalize and not self._closed:
+                self._failures += 1
+                self._retry_at = time.monotonic() + min(
+                    0.05 * 2 ** (self._failures - 1), _STREAM_BACKOFF_MAX
+                )
+                self._last_error = error
+                logger.warning("Discover stream broken: %s", error)
+        call.call.cancel()
+        for index, waiter in enumerate(call.waiters):
+            if not waiter.future.done():
+                waiter.future.set_exception(first if index == 0 and first is not None else error)
+        call.waiters.clear()
+        return True
+
+    async def aclose(self) -> None:
+        self._closed = True
+        calls = list(self._calls)
+        for call in calls:
+            self._end(call, ClosedError("the connector is closed"), penalize=False)
+        readers = [c.reader for c in calls if c.reader is not None]
+        for reader in readers:
+            reader.cancel()
+        if readers:
+            await asyncio.gather(*readers, return_exceptions=True)
+
+
+class AioGrpcTransport(GrpcSettings[_AioChannel]):
+    """Moves naming calls over ``v1.PolarisGRPC`` with ``grpc.aio``; one event loop."""
+
+    def __init__(self, config: Configuration) -> None:
+        super().__init__(config, _AioChannel)
+        self._stream = _AioDiscoverStream(self)
+
+    async def exchange(self, call: Call, timeout: float) -> Any:
+        if self._closed:
+            raise ClosedError("the connector is closed")
+        if call.is_discover:
+            return await self._stream.exchange(call.request, timeout)
+        ep = self.endpoints.pick()
+        try:
+            resp = await ep.handle.unary(call.method)(
+                call.request, timeout=timeout, metadata=self.metadata()
+            )
+        except grpc.RpcError as err:
+            note_failure(self.endpoints, ep, err)
+            raise map_rpc_error(err, ep.address) from None
+        self.endpoints.mark_up(ep)
+        return resp
+
+    async def aclose(self) -> None:
+        self._closed = True
+        await self._stream.aclose()
+        for ep in self.endpoints:
+            await ep.handle.close()
