@@ -54,11 +54,6 @@ class CacheOptions:
     blocks holds one; threads are started on demand and leave when idle."""
     listener_idle_timeout: float = 30.0
     """Seconds an idle listener thread waits for work before it exits."""
-    warm_on_change: bool = True
-    """Rebuild what selection needs (filters, weights, hash rings) for a new
-    snapshot in the background, before callers see it: the unfiltered
-    structures and the few most recently used of each kind (see
-    :mod:`polaris_sdk.cache.store`); others are rebuilt by their first call."""
 
     def __post_init__(self) -> None:
         if self.refresh_interval <= 0:

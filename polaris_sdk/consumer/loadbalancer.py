@@ -1,7 +1,7 @@
 """Load balancers: pick one instance out of a router's candidates.
 
 A balancer is built once per candidate tuple (so once per snapshot and
-filter; :mod:`polaris_sdk.cache.store` memoises it) and then picks in O(1) or
+filter; :mod:`polaris_sdk.consumer.selection` memoises it) and then picks in O(1) or
 O(log n) with the work done in C (``bisect``), so a pick costs about a
 microsecond whatever the instance count. Building is pure and does no I/O.
 
@@ -25,7 +25,7 @@ Policies, by their Polaris names:
 ``roundRobin``
     Candidates in turn (not weighted). The turn is an :func:`itertools.count`
     the caller may supply: the consumer keeps one per service and filter
-    across snapshots (:meth:`polaris_sdk.cache.store.Entry.counter`), so
+    across snapshots (:meth:`polaris_sdk.consumer.selection.Selector.counter`), so
     rebuilding a picker does not restart the turn at the first candidate.
 """
 
