@@ -405,9 +405,10 @@ def render_selection(
     builds = ", ".join(f"{size:,}: {secs * 1000:.1f} ms" for size, secs in ring_build.items())
     lines += [
         "",
-        "Filtering, cumulative weights and hash rings are built once per snapshot and "
-        "filter and kept in a bounded LRU cache per kind (the unfiltered ones and the most "
-        "recently used are rebuilt in the background when a snapshot changes), so a call "
+        "Filtering, alias tables and hash rings are built once per snapshot and filter "
+        "and kept in bounded memos checked by snapshot identity (the unfiltered ones and "
+        "the most recently built are rebuilt in the background when a snapshot changes), "
+        "so a call "
         "stays flat as the instance count grows. One-off hash-ring build (40 points per "
         f"instance): {builds}.",
         "",

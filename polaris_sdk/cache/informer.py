@@ -27,7 +27,7 @@ from typing import Final
 
 from polaris_sdk.cache.persist import DiskBackup
 from polaris_sdk.cache.reflector import ConnectionState
-from polaris_sdk.cache.store import Entry, Store
+from polaris_sdk.cache.store import Store
 from polaris_sdk.dispatch import Dispatcher, Mailbox
 from polaris_sdk.model import Instance, ServiceChangeEvent, ServiceInstances, ServiceKey
 
@@ -96,14 +96,12 @@ class Informer:
         *,
         backup: DiskBackup | None = None,
         on_state: StateCallback | None = None,
-        warm: bool = True,
     ) -> None:
         self.key = key
         self._store = store
         self._dispatcher = dispatcher
         self._backup = backup
         self._on_state = on_state
-        self._warm = warm
         self._lock = threading.Lock()
         self._mailboxes: list[Mailbox[ServiceChangeEvent]] = []
         self._backup_touched = 0.0
@@ -112,15 +110,14 @@ class Informer:
 
     def current(self) -> ServiceInstances | None:
         entry = self._store.get(self.key)
-        return entry.snapshot if entry is not None else None
+        return entry.current if entry is not None else None
 
     def replace(self, snapshot: ServiceInstances) -> None:
-        old = self._store.get(self.key)
-        # Built before taking the lock: warming a large hash ring takes a
-        # while and must not hold up listeners being added.
-        entry = old.successor(snapshot, self._warm) if old is not None else Entry(snapshot)
+        # The hooks run before taking the lock: warming a large hash ring
+        # takes a while and must not hold up listeners being added.
+        self._store.run_replace_hooks(self.key, snapshot)
         with self._lock:
-            self._store.put(self.key, entry)
+            old = self._store.replace(self.key, snapshot, hooks=False)
             event = diff(old.snapshot if old is not None else None, snapshot)
             if event is not None:
                 for mailbox in self._mailboxes:
@@ -129,10 +126,8 @@ class Informer:
             self._backup_touched = time.time()
 
     def confirm(self, at: float) -> None:
-        entry = self._store.get(self.key)
-        if entry is None:
+        if self._store.confirm(self.key, at) is None:
             return
-        self._store.put(self.key, entry.confirmed(at))
         if self._backup is not None and at - self._backup_touched >= BACKUP_TOUCH_INTERVAL:
             # The file holds this revision (saved on change, or loaded from it).
             self._backup_touched = at
@@ -152,7 +147,7 @@ class Informer:
             entry = self._store.get(self.key)
             mailbox: Mailbox[ServiceChangeEvent] = self._dispatcher.mailbox(listener)
             if entry is not None:
-                mailbox.post(initial_event(entry.snapshot))
+                mailbox.post(initial_event(entry.current))
             self._mailboxes.append(mailbox)
             return True
 

@@ -22,9 +22,10 @@ class CacheOptions:
     refresh_interval: float = 2.0
     """Seconds between revision checks of each cached service."""
     refresh_jitter: float = 0.1
-    """Up to this fraction of the interval is added at random to each wait, so
-    that the services of one process (and many processes) do not poll in
-    lockstep."""
+    """Each wait is the interval times a random factor from ``1 - jitter`` to
+    ``1 + jitter`` (symmetric, so the mean wait stays the interval), so that
+    the services of one process (and many processes) do not poll in
+    lockstep. 0 turns it off; 1 spreads waits from 0 to twice the interval."""
     push_empty_protection: bool = True
     """Hold back an empty answer that follows a non-empty snapshot.
 
@@ -53,11 +54,6 @@ class CacheOptions:
     blocks holds one; threads are started on demand and leave when idle."""
     listener_idle_timeout: float = 30.0
     """Seconds an idle listener thread waits for work before it exits."""
-    warm_on_change: bool = True
-    """Rebuild what selection needs (filters, weights, hash rings) for a new
-    snapshot in the background, before callers see it: the unfiltered
-    structures and the few most recently used of each kind (see
-    :mod:`polaris_sdk.cache.store`); others are rebuilt by their first call."""
 
     def __post_init__(self) -> None:
         if self.refresh_interval <= 0:

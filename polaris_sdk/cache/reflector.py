@@ -1,4 +1,8 @@
-"""Reflector: the list-then-watch loop that keeps one service's snapshot fresh.
+"""Reflector: the threaded driver of the list-then-watch loop of one service.
+
+The decisions (which round, what to store, the state, how long to wait) are
+made by :class:`~polaris_sdk.cache.reflector_core.ReflectorCore`, whose
+docstring gives the rules; this module runs them on the context's scheduler.
 
 Guarantees:
 
@@ -6,29 +10,18 @@ Guarantees:
   which schedules the next round when it ends, so a thousand idle services
   cost a thousand heap entries, not a thousand threads. Rounds of one
   service never overlap.
-* A round is one Discover: a ``watch`` with the held revision normally; a
-  ``list`` (no revision) after any failure, so a gap is always healed by a
-  full snapshot. 200001 (or the same revision) only re-confirms the snapshot.
 * Failures never reach the cache's readers: the last snapshot stays in
-  place, the next round waits ``refresh_interval * 2^(n-1)`` (with jitter,
-  capped at ``backoff_max``) and relists. Any exception, including a bug, is
-  logged and the loop goes on; only :meth:`Reflector.stop` ends it. The next
-  round is armed in a ``finally``, whatever failed before it (one refresh
-  interval when even the delay cannot be computed); a scheduler that refuses
-  it is logged as an error, never ignored.
-* Push-empty protection (on by default, see
-  :attr:`~polaris_sdk.cache.options.CacheOptions.push_empty_protection`):
-  an empty answer following a non-empty snapshot is not passed on.
-* A coarse state, in the spirit of kazoo's ``KazooState``:
-  ``CONNECTED`` (the last round reached the server), ``SUSPENDED`` (rounds
-  are failing; the last snapshot is served), ``LOST`` (rounds have failed
-  for ``lost_after`` seconds; still served, still retried). Each change is
-  reported to the sink, once, from the round's thread.
+  place and the loop backs off. Any exception, including a bug, is logged
+  and the loop goes on; only :meth:`Reflector.stop` ends it. The next round
+  is armed in a ``finally``, whatever failed before it (one refresh interval
+  when even the delay cannot be computed); a scheduler that refuses it is
+  logged as an error, never ignored.
+* Each state change (CONNECTED / SUSPENDED / LOST, in the spirit of kazoo's
+  ``KazooState``) is reported to the sink, once, from the round's thread.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 import random
 import threading
@@ -38,23 +31,13 @@ from typing import Any, Protocol
 
 from polaris_sdk.cache.listwatch import GateClosedError, ListerWatcher
 from polaris_sdk.cache.options import CacheOptions
+from polaris_sdk.cache.reflector_core import ConnectionState, Outcome, ReflectorCore, RoundKind
 from polaris_sdk.errors import ClosedError, PolarisError
 from polaris_sdk.model import ServiceInstances, ServiceKey
 
 __all__ = ["Cancellable", "ConnectionState", "Reflector", "ReflectorSink", "Scheduler"]
 
 logger = logging.getLogger("polaris_sdk.cache.reflector")
-
-
-class ConnectionState(enum.Enum):
-    """How current a cached service is."""
-
-    CONNECTED = "CONNECTED"
-    """The last Discover reached the server."""
-    SUSPENDED = "SUSPENDED"
-    """Discover is failing; the last snapshot is served while retrying."""
-    LOST = "LOST"
-    """Discover has failed for a long time; the snapshot may be stale."""
 
 
 class Cancellable(Protocol):
@@ -89,6 +72,7 @@ class Reflector:
         options: CacheOptions,
         *,
         clock: Callable[[], float] = time.monotonic,
+        rand: Callable[[], float] = random.random,
     ) -> None:
         self.key = key
         self._lw = lister_watcher
@@ -96,23 +80,20 @@ class Reflector:
         self._sink = sink
         self._options = options
         self._clock = clock
+        self._rand = rand
+        self._core = ReflectorCore(options)
         self._lock = threading.Lock()
         self._handle: Cancellable | None = None
         self._stopped = False
-        self._relist = True
-        self._failures = 0
-        self._failing_since: float | None = None
-        self._holding_empty = False
-        self._state = ConnectionState.CONNECTED
 
     @property
     def state(self) -> ConnectionState:
-        return self._state
+        return self._core.state
 
     @property
     def failures(self) -> int:
         """Failed rounds in a row (0 when the last one succeeded)."""
-        return self._failures
+        return self._core.failures
 
     @property
     def stopped(self) -> bool:
@@ -127,11 +108,11 @@ class Reflector:
         call of a consumer answers within its own timeout.
         """
         try:
-            self._round(timeout, urgent=True)
+            current, result = self._discover(timeout, urgent=True)
         except PolarisError as exc:
-            self._record_failure(exc)
+            self._failed(exc)
             raise
-        self._record_success()
+        self._succeeded(current, result)
 
     def start(self, delay: float | None = None) -> None:
         """Begin the background loop; its first round after ``delay`` (default:
@@ -163,14 +144,14 @@ class Reflector:
     def _guarded_round(self) -> None:
         try:
             try:
-                self._round(None)
+                current, result = self._discover(None)
             except PolarisError as exc:
-                self._record_failure(exc)
+                self._failed(exc)
             except Exception as exc:
                 logger.exception("refresh of %s failed unexpectedly; backing off", self.key)
-                self._record_failure(exc)
+                self._failed(exc)
             else:
-                self._record_success()
+                self._succeeded(current, result)
         except Exception:
             logger.exception("recording the refresh of %s failed; the loop goes on", self.key)
 
@@ -183,6 +164,9 @@ class Reflector:
                 "computing the next refresh of %s failed; retrying in %.1fs", self.key, delay
             )
         self._schedule(delay)
+
+    def _next_delay(self) -> float:
+        return self._core.next_delay(self._rand())
 
     def _schedule(self, delay: float) -> None:
         with self._lock:
@@ -201,27 +185,28 @@ class Reflector:
                     self.key,
                 )
 
-    def _round(self, timeout: float | None, urgent: bool = False) -> None:
+    def _discover(
+        self, timeout: float | None, urgent: bool = False
+    ) -> tuple[ServiceInstances | None, ServiceInstances | None]:
         current = self._sink.current()
-        if self._relist or current is None:
+        round_ = self._core.next_round(current)
+        if round_.kind is RoundKind.LIST:
             result: ServiceInstances | None = self._lw.list(self.key, timeout, urgent=urgent)
         else:
-            result = self._lw.watch(self.key, current.revision, timeout)
-        self._relist = False
-        if result is None or (current is not None and result.revision == current.revision):
-            self._end_holding()
-            self._sink.confirm(time.time())
-        elif self._hold_empty(current, result):
-            pass
-        else:
-            self._end_holding()
-            self._sink.replace(result)
+            result = self._lw.watch(self.key, round_.revision, timeout)
+        return current, result
 
-    def _hold_empty(self, current: ServiceInstances | None, result: ServiceInstances) -> bool:
-        if not (self._options.push_empty_protection and current and not result.instances):
-            return False
-        if not self._holding_empty:
-            self._holding_empty = True
+    # --------------------------------------------------------------- outcomes
+
+    def _succeeded(self, current: ServiceInstances | None, result: ServiceInstances | None) -> None:
+        outcome = self._core.succeeded(current, result, self._clock())
+        if outcome.recovered_after:
+            logger.info(
+                "discover of %s works again after %d failures", self.key, outcome.recovered_after
+            )
+        if outcome.hold_empty_ended:
+            logger.info("%s has instances again; push-empty protection released", self.key)
+        if outcome.hold_empty_started and result is not None and current is not None:
             logger.warning(
                 "server answered no instances for %s (revision %r) after %d; keeping the last "
                 "snapshot (push-empty protection) until it answers instances again",
@@ -229,29 +214,15 @@ class Reflector:
                 result.revision,
                 len(current),
             )
-        return True
+        if outcome.replace is not None:
+            self._sink.replace(outcome.replace)
+        elif outcome.confirm:
+            self._sink.confirm(time.time())
+        self._report(outcome)
 
-    def _end_holding(self) -> None:
-        if self._holding_empty:
-            self._holding_empty = False
-            logger.info("%s has instances again; push-empty protection released", self.key)
-
-    # ----------------------------------------------------------------- state
-
-    def _record_success(self) -> None:
-        if self._failures:
-            logger.info("discover of %s works again after %d failures", self.key, self._failures)
-        self._failures = 0
-        self._failing_since = None
-        self._set_state(ConnectionState.CONNECTED)
-
-    def _record_failure(self, exc: BaseException) -> None:
-        self._relist = True
-        self._failures += 1
-        now = self._clock()
-        if self._failing_since is None:
-            self._failing_since = now
-        if self._failures == 1 and not isinstance(exc, GateClosedError):
+    def _failed(self, exc: BaseException) -> None:
+        outcome = self._core.failed(exc, self._clock())
+        if outcome.failures == 1 and not isinstance(exc, GateClosedError):
             current = self._sink.current()
             kept = (
                 f"keeping {len(current)} instances (age {current.age:.1f}s)"
@@ -260,26 +231,15 @@ class Reflector:
             )
             logger.warning("discover of %s failed: %s; %s", self.key, exc, kept)
         else:
-            logger.debug("discover of %s failed again (%d): %s", self.key, self._failures, exc)
-        lost = now - self._failing_since >= self._options.lost_after
-        self._set_state(ConnectionState.LOST if lost else ConnectionState.SUSPENDED)
+            logger.debug("discover of %s failed again (%d): %s", self.key, outcome.failures, exc)
+        self._report(outcome)
 
-    def _set_state(self, state: ConnectionState) -> None:
-        if state is self._state:
+    def _report(self, outcome: Outcome) -> None:
+        state = outcome.state_change
+        if state is None:
             return
-        self._state = state
         if state is ConnectionState.LOST:
-            logger.warning("%s is LOST: discover has failed for %.0fs", self.key, self._lost_for())
+            logger.warning(
+                "%s is LOST: discover has failed for %.0fs", self.key, outcome.failing_for
+            )
         self._sink.state_changed(self.key, state)
-
-    def _lost_for(self) -> float:
-        return 0.0 if self._failing_since is None else self._clock() - self._failing_since
-
-    def _next_delay(self) -> float:
-        options = self._options
-        if self._failures:
-            doublings = min(self._failures - 1, 30)
-            base = min(options.backoff_max, options.refresh_interval * (1 << doublings))
-            # Half to full backoff, so services that failed together spread out.
-            return base * (0.5 + random.random() / 2)
-        return options.refresh_interval * (1 + options.refresh_jitter * random.random())

@@ -32,7 +32,7 @@ from polaris_sdk.cache.listwatch import InstanceLister, ListerWatcher
 from polaris_sdk.cache.options import CacheOptions
 from polaris_sdk.cache.persist import DiskBackup
 from polaris_sdk.cache.reflector import ConnectionState, Reflector, Scheduler
-from polaris_sdk.cache.store import Entry, Store
+from polaris_sdk.cache.store import Entry, ReplaceHook, Store
 from polaris_sdk.dispatch import Dispatcher, Mailbox
 from polaris_sdk.errors import (
     ClosedError,
@@ -116,11 +116,19 @@ class ServiceCache:
         return self._store.get_named(namespace, service)
 
     def snapshot(self, key: ServiceKey, timeout: float | None = None) -> ServiceInstances:
-        return self.entry(key, timeout).snapshot
+        return self.entry(key, timeout).current
 
     def cached(self) -> list[ServiceKey]:
         """The services in the cache."""
         return self._store.keys()
+
+    def add_replace_hook(self, hook: ReplaceHook) -> None:
+        """Call ``hook(key, old, new)`` in the writer's thread before a new snapshot
+        of a cached service becomes visible (see :mod:`polaris_sdk.cache.store`)."""
+        self._store.add_replace_hook(hook)
+
+    def remove_replace_hook(self, hook: ReplaceHook) -> None:
+        self._store.remove_replace_hook(hook)
 
     # -------------------------------------------------------------- watches
 
@@ -198,7 +206,7 @@ class ServiceCache:
         entry = self._store.get(key)
         if entry is None:  # only if the cache was closed under us
             raise ClosedError("the consumer cache is closed")
-        return entry.snapshot
+        return entry.current
 
     def _load(self, key: ServiceKey, timeout: float | None) -> Entry:
         with self._lock:
@@ -227,7 +235,6 @@ class ServiceCache:
             self._dispatcher,
             backup=self._backup,
             on_state=self._state_changed,
-            warm=self.options.warm_on_change,
         )
         reflector = Reflector(key, self._lw, self._scheduler, informer, self.options)
         return _Service(informer, reflector)

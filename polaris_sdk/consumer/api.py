@@ -21,8 +21,8 @@ Contract:
   ``roundRobin``); no instance at all raises
   :class:`~polaris_sdk.errors.InstanceNotFoundError`, never returns None.
   Filtering and balancer set-up happen once per snapshot and filter, not per
-  call (the store keeps them in bounded LRU caches, see
-  :mod:`polaris_sdk.cache.store`); a metadata filter is validated once while
+  call (kept in bounded memos, see :mod:`polaris_sdk.consumer.selection`);
+  a metadata filter is validated once while
   it stays in use; a ``get_instances`` answer is built once per snapshot
   confirmation and filter. Round robin keeps its turn per service and filter
   across snapshots.
@@ -35,7 +35,6 @@ Contract:
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import os
@@ -47,19 +46,10 @@ from polaris_sdk._closing import Closing
 from polaris_sdk._requests import coerce_request
 from polaris_sdk.cache import CacheOptions, ConnectionState, Entry, ServiceCache, StateListener
 from polaris_sdk.cache.listwatch import MISSING_REVISION
-from polaris_sdk.cache.store import MAX_DERIVED
 from polaris_sdk.config import Configuration
-from polaris_sdk.consumer.loadbalancer import (
-    LB_POLICIES,
-    RING_HASH,
-    ROUND_ROBIN,
-    Picker,
-    RoundRobinPicker,
-    build_picker,
-    check_policy,
-    hash_key_bytes,
-)
-from polaris_sdk.consumer.routers import MetadataKey, metadata_key, route
+from polaris_sdk.consumer.loadbalancer import LB_POLICIES, RING_HASH, check_policy, hash_key_bytes
+from polaris_sdk.consumer.routers import MetadataKey, metadata_key
+from polaris_sdk.consumer.selection import Selector
 from polaris_sdk.context import SDKContext
 from polaris_sdk.errors import ClosedError, InstanceNotFoundError, ValidationError
 from polaris_sdk.model import (
@@ -80,25 +70,20 @@ from polaris_sdk.validation import (
     check_service,
 )
 
-__all__ = ["CACHE_COMPONENT", "ConsumerAPI"]
+__all__ = ["CACHE_COMPONENT", "SELECTION_COMPONENT", "ConsumerAPI"]
 
 logger = logging.getLogger("polaris_sdk.consumer.api")
 
 CACHE_COMPONENT: Final = "consumer.cache"
+SELECTION_COMPONENT: Final = "consumer.selection"
 
 Listener = Callable[[ServiceChangeEvent], None]
 
-
-Candidates = tuple[tuple[Instance, ...], bool]
-PickerBuilder = Callable[[Entry, MetadataKey], Picker | None]
-
-_ROUTE: Final = "route"
-_VIEW: Final = "view"
-_RING_LIMIT: Final = 64
-"""Hash rings kept per revision: each costs about 4 MB per 10,000 instances."""
+_CHECKED_FILTERS: Final = 256
+"""Metadata filters remembered as valid."""
 
 
-@functools.lru_cache(maxsize=MAX_DERIVED)
+@functools.lru_cache(maxsize=_CHECKED_FILTERS)
 def _checked(wanted: MetadataKey) -> MetadataKey:
     # Only filters that pass are remembered: an exception is not cached.
     check_metadata(dict(wanted))
@@ -116,43 +101,7 @@ def _filter_key(metadata: Mapping[str, str]) -> MetadataKey:
         raise
 
 
-# The derivations below are pure functions of an entry's snapshot (and of
-# values derived from it), so the store can recompute them for the next
-# revision; taking the key as an argument, they need no closure per call.
-
-
-def _route(entry: Entry, wanted: MetadataKey) -> Candidates:
-    return route(entry.snapshot.instances, wanted)
-
-
-def _candidates(entry: Entry, wanted: MetadataKey) -> Candidates:
-    return entry.derive(_ROUTE, wanted, _route, carry=not wanted)
-
-
-def _view(entry: Entry, wanted: MetadataKey) -> ServiceInstances:
-    instances, fallback = _candidates(entry, wanted)
-    snapshot = entry.snapshot
-    if instances is snapshot.instances and fallback == snapshot.fallback:
-        return snapshot
-    return dataclasses.replace(snapshot, instances=instances, fallback=fallback)
-
-
-def _picker_builder(policy: str) -> PickerBuilder:
-    def build(entry: Entry, wanted: MetadataKey) -> Picker | None:
-        instances, _ = _candidates(entry, wanted)
-        if not instances:
-            return None
-        if policy == ROUND_ROBIN:
-            return RoundRobinPicker(instances, entry.counter(wanted))
-        return build_picker(policy, instances)
-
-    return build
-
-
-_PICKERS: Final[dict[str, tuple[PickerBuilder, int]]] = {
-    policy: (_picker_builder(policy), _RING_LIMIT if policy == RING_HASH else MAX_DERIVED)
-    for policy in LB_POLICIES
-}
+_POLICIES: Final = frozenset(LB_POLICIES)
 
 
 class ConsumerAPI(Closing):
@@ -162,6 +111,9 @@ class ConsumerAPI(Closing):
         self._ctx = ctx
         self._owns_context = False
         self._cache: ServiceCache = ctx.component(CACHE_COMPONENT, lambda: _new_cache(ctx))
+        self._selector: Selector = ctx.component(
+            SELECTION_COMPONENT, lambda: _new_selector(self._cache)
+        )
         self._timeout = ctx.config.api.timeout
         self._default_policy = ctx.config.consumer.default_lb_policy
         self._lock = threading.Lock()
@@ -198,7 +150,7 @@ class ConsumerAPI(Closing):
     ) -> ServiceInstances:
         """Every instance of the service, unhealthy and isolated ones included."""
         req = coerce_request(GetAllInstancesRequest, request, fields)
-        return self._entry(req.namespace, req.service).snapshot
+        return self._entry(req.namespace or DEFAULT_NAMESPACE, req.service).current
 
     def get_instances(
         self, request: GetInstancesRequest | None = None, /, **fields: Any
@@ -207,8 +159,9 @@ class ConsumerAPI(Closing):
         because none is healthy or matches ``metadata``."""
         req = coerce_request(GetInstancesRequest, request, fields)
         wanted = _filter_key(req.metadata) if req.metadata else ()
-        entry = self._entry(req.namespace, req.service)
-        return entry.derive_local(_VIEW, wanted, _view)
+        namespace = req.namespace or DEFAULT_NAMESPACE
+        entry = self._entry(namespace, req.service)
+        return self._selector.view(entry, namespace, req.service, wanted)
 
     def get_one_instance(
         self, request: GetOneInstanceRequest | None = None, /, **fields: Any
@@ -216,8 +169,8 @@ class ConsumerAPI(Closing):
         """One instance picked by the load balancer; InstanceNotFoundError if there is none."""
         req = coerce_request(GetOneInstanceRequest, request, fields)
         policy = req.lb_policy or self._default_policy
-        # An unknown policy misses the dict, and check_policy() raises.
-        builder = _PICKERS.get(policy) or _PICKERS[check_policy(policy)]
+        if policy not in _POLICIES:
+            check_policy(policy)
         hash_key = req.hash_key
         if hash_key is None:
             if policy == RING_HASH:
@@ -227,9 +180,9 @@ class ConsumerAPI(Closing):
         elif not isinstance(hash_key, str | bytes):
             raise ValidationError("hash_key", "must be a str or bytes", INVALID_PARAMETER)
         wanted = _filter_key(req.metadata) if req.metadata else ()
-        entry = self._entry(req.namespace, req.service)
-        build, limit = builder
-        picker = entry.derive(policy, wanted, build, carry=not wanted, limit=limit)
+        namespace = req.namespace or DEFAULT_NAMESPACE
+        entry = self._entry(namespace, req.service)
+        picker = self._selector.picker(entry, namespace, req.service, policy, wanted)
         if picker is None:
             raise InstanceNotFoundError(_no_instance(entry.snapshot))
         return picker.pick(hash_key_bytes(hash_key))
@@ -320,10 +273,11 @@ class ConsumerAPI(Closing):
         return ServiceKey(check_namespace(namespace or DEFAULT_NAMESPACE), check_service(service))
 
     def _entry(self, namespace: str, service: str) -> Entry:
+        """The entry of a service; ``namespace`` already defaulted."""
         self._check_open()
         # A key already cached was validated when it was first listed: the
         # hot path skips the name checks.
-        entry = self._cache.cached_entry_named(namespace or DEFAULT_NAMESPACE, service)
+        entry = self._cache.cached_entry_named(namespace, service)
         if entry is not None:
             return entry
         return self._cache.entry(self._key(namespace, service), self._timeout)
@@ -348,3 +302,9 @@ def _no_instance(snapshot: ServiceInstances) -> str:
 
 def _new_cache(ctx: SDKContext) -> ServiceCache:
     return ServiceCache(ctx.connector, ctx.scheduler, CacheOptions.from_config(ctx.config))
+
+
+def _new_selector(cache: ServiceCache) -> Selector:
+    selector = Selector()
+    cache.add_replace_hook(selector.snapshot_replaced)
+    return selector

@@ -1,7 +1,7 @@
 """Load balancers: pick one instance out of a router's candidates.
 
 A balancer is built once per candidate tuple (so once per snapshot and
-filter; :mod:`polaris_sdk.cache.store` memoises it) and then picks in O(1) or
+filter; :mod:`polaris_sdk.consumer.selection` memoises it) and then picks in O(1) or
 O(log n) with the work done in C (``bisect``), so a pick costs about a
 microsecond whatever the instance count. Building is pure and does no I/O.
 
@@ -12,9 +12,10 @@ under the GIL.
 Policies, by their Polaris names:
 
 ``weightedRandom`` (default)
-    Probability proportional to ``weight``; cumulative weights are computed
-    once, a pick is one random number and one bisection. When every candidate
-    has weight 0 (only possible after a fallback) the pick is uniform.
+    Probability proportional to ``weight``; an alias table (Walker) is built
+    once, so a pick is O(1): one random number and two indexings. When every
+    candidate has weight 0 (only possible after a fallback) the pick is
+    uniform.
 ``ringHash``
     Consistent hashing on a ketama-style ring: each instance owns points
     derived from MD5 of its id, ``RING_POINTS_PER_WEIGHT_100`` points for
@@ -25,7 +26,7 @@ Policies, by their Polaris names:
 ``roundRobin``
     Candidates in turn (not weighted). The turn is an :func:`itertools.count`
     the caller may supply: the consumer keeps one per service and filter
-    across snapshots (:meth:`polaris_sdk.cache.store.Entry.counter`), so
+    across snapshots (:meth:`polaris_sdk.consumer.selection.Selector.counter`), so
     rebuilding a picker does not restart the turn at the first candidate.
 """
 
@@ -36,7 +37,7 @@ import itertools
 import random
 import struct
 from array import array
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import Final, Protocol
 
@@ -79,23 +80,52 @@ def hash_key_bytes(hash_key: str | bytes | None) -> bytes | None:
     return hash_key.encode("utf-8") if isinstance(hash_key, str) else hash_key
 
 
+_random = random.random  # the module's generator: random.seed() still applies
+
+
 class WeightedRandomPicker:
-    __slots__ = ("_cumulative", "_instances", "_last", "_total")
+    """Walker's alias method (Vose's construction): column ``i`` of ``n`` holds
+    instance ``i`` with probability ``_prob[i]`` and ``_alias[i]`` otherwise,
+    so a pick is one random number, one multiply and two indexings."""
+
+    __slots__ = ("_alias", "_count", "_instances", "_prob")
 
     def __init__(self, instances: tuple[Instance, ...]) -> None:
         if not instances:
             raise ValueError("no instances to pick from")
         self._instances = instances
-        self._cumulative = list(itertools.accumulate(i.weight for i in instances))
-        self._total = self._cumulative[-1]
-        self._last = len(instances) - 1
+        n = self._count = len(instances)
+        total = sum(i.weight for i in instances)
+        prob = [1.0] * n
+        alias = list(range(n))
+        heaviest = max(range(n), key=lambda k: instances[k].weight)
+        if total > 0:
+            scaled = [i.weight * n / total for i in instances]
+            small = [k for k, w in enumerate(scaled) if w < 1.0]
+            large = [k for k, w in enumerate(scaled) if w >= 1.0]
+            while small and large:
+                less, more = small.pop(), large[-1]
+                prob[less] = scaled[less]
+                alias[less] = more
+                scaled[more] -= 1.0 - scaled[less]
+                if scaled[more] < 1.0:
+                    small.append(large.pop())
+            for k in small:
+                # Left over only through rounding: full unless it has no
+                # weight at all, which must never be picked.
+                if instances[k].weight <= 0:
+                    prob[k], alias[k] = 0.0, heaviest
+        # With no weight at all (only after a fallback) every column is full:
+        # the pick is uniform. The extra column takes a product rounded up to n.
+        self._prob = [*prob, 0.0]
+        self._alias = [*alias, heaviest]
 
     def pick(self, hash_key: bytes | None = None) -> Instance:
-        if self._total <= 0:
-            return self._instances[int(random.random() * len(self._instances))]
-        # hi=last keeps a product rounded up to the total inside the tuple.
-        point = random.random() * self._total
-        return self._instances[bisect_right(self._cumulative, point, 0, self._last)]
+        point = _random() * self._count
+        column = int(point)
+        if point - column < self._prob[column]:
+            return self._instances[column]
+        return self._instances[self._alias[column]]
 
 
 class RoundRobinPicker:

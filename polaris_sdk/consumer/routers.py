@@ -2,7 +2,7 @@
 
 Pure functions over tuples of :class:`~polaris_sdk.model.Instance`, no I/O, no
 state; safe from any thread. The consumer memoises their results per snapshot
-(see :mod:`polaris_sdk.cache.store`), so they run once per snapshot and
+(see :mod:`polaris_sdk.consumer.selection`), so they run once per snapshot and
 filter, not once per call.
 
 The chain, as the Polaris SDKs apply it:

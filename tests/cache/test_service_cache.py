@@ -126,8 +126,13 @@ def test_cold_start_from_backup_then_recovery(make_cache: MakeCache, tmp_path: P
     assert events[0].instances.from_backup
     assert [i.port for i in events[1].added] == [3]
     assert [i.port for i in events[1].deleted] == [1]
-    loaded = DiskBackup(tmp_path).load(KEY)
-    assert loaded is not None and loaded.revision == "new"  # the backup follows
+
+    def backup_revision() -> str | None:
+        loaded = DiskBackup(tmp_path).load(KEY)
+        return loaded.revision if loaded is not None else None
+
+    # The backup follows; it is written after the listeners are told, so wait.
+    wait_until(lambda: backup_revision() == "new")
 
 
 def test_watching_an_unknown_service_reports_it_when_it_appears(make_cache: MakeCache) -> None:

@@ -148,3 +148,46 @@ def test_ring_hash_lookup_matches_a_plain_ring_walk(count: int) -> None:
         tied = bisect.bisect_right(positions, positions[at])
         candidates = {owner for _, owner in points[at:tied]}
         assert ring.pick(key).id in candidates
+
+
+# The chi-square value with 5 degrees of freedom that a correct sampler
+# exceeds with probability 0.001.
+CHI2_5_DOF_P001 = 20.52
+
+
+def test_weighted_random_matches_the_weights_by_chi_square() -> None:
+    random.seed(20240611)
+    weights = (1, 2, 3, 5, 8, 81, 0)
+    instances = tuple(make_instance(port, weight=w) for port, w in enumerate(weights, 1))
+    picker = WeightedRandomPicker(instances)
+    draws = 100_000
+    counts = collections.Counter(picker.pick().port for _ in range(draws))
+    assert counts[7] == 0  # weight 0 never
+    total = sum(weights)
+    chi2 = sum(
+        (counts[port] - draws * w / total) ** 2 / (draws * w / total)
+        for port, w in enumerate(weights, 1)
+        if w
+    )
+    assert chi2 < CHI2_5_DOF_P001, (chi2, counts)
+
+
+def test_weighted_random_handles_columns_left_over_by_rounding() -> None:
+    # Weights whose scaled shares do not add up exactly in binary.
+    random.seed(11)
+    instances = tuple(make_instance(p, weight=w) for p, w in enumerate((1, 1, 1, 0, 7, 3), 1))
+    picker = WeightedRandomPicker(instances)
+    counts = collections.Counter(picker.pick().port for _ in range(26_000))
+    assert counts[4] == 0 and set(counts) == {1, 2, 3, 5, 6}
+    assert abs(counts[5] / 26_000 - 7 / 13) < 0.02
+
+
+def test_weighted_random_survives_a_random_number_that_rounds_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from polaris_sdk.consumer import loadbalancer
+
+    instances = (make_instance(1, weight=0), make_instance(2, weight=5))
+    picker = WeightedRandomPicker(instances)
+    monkeypatch.setattr(loadbalancer, "_random", lambda: 1.0)
+    assert picker.pick().port == 2

@@ -1,9 +1,9 @@
 """Selection under many distinct filters and across snapshot changes, over real sockets.
 
-The store keeps a bounded number of derived values per snapshot (an LRU per
-kind); these tests use more filters than that bound so that values are
-evicted and rebuilt while calls go on, and check that every answer stays
-right and round robin keeps taking turns.
+The selector keeps a bounded number of candidate sets and pickers (two
+generations of ``LIMIT`` each, here); these tests use more filters than that
+bound so that values are evicted and rebuilt while calls go on, and check
+that every answer stays right and round robin keeps taking turns.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import pytest
 from pytest_mock import MockerFixture
 
 from polaris_sdk import ConsumerAPI, ProviderAPI, SDKContext, ValidationError
-from polaris_sdk.cache.store import MAX_DERIVED
 from polaris_sdk.consumer import api as consumer_api
+from polaris_sdk.consumer import selection
 from polaris_sdk.validation import MAX_METADATA_ENTRIES, MAX_METADATA_VALUE
 from tests.consumer.conftest import REFRESH
 from tests.support import wait_until
@@ -34,6 +34,16 @@ SUBSET_FILTERS = [
 ]
 
 
+LIMIT = 64
+"""Values per generation in these tests' selectors, so eviction is frequent."""
+
+
+@pytest.fixture(autouse=True)
+def small_memos(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("MAX_ROUTES", "MAX_CHOICES", "MAX_RINGS"):
+        monkeypatch.setattr(selection, name, LIMIT)
+
+
 def ports(instances: object) -> list[int]:
     return sorted(i.port for i in instances)  # type: ignore[attr-defined]
 
@@ -43,7 +53,7 @@ def test_round_robin_takes_turns_past_the_memo_limit(
 ) -> None:
     for port in (1, 2, 3):
         provider.register(service="echo", host=HOST, port=port, metadata=dict.fromkeys(KEYS, "v"))
-    assert len(SUBSET_FILTERS) > MAX_DERIVED
+    assert len(SUBSET_FILTERS) > 2 * LIMIT
     picks: dict[int, list[int]] = collections.defaultdict(list)
     # Interleaved: between two calls with one filter come 510 calls with the
     # others, so each filter's picker has left the memo by its next call.
@@ -68,7 +78,7 @@ def test_selection_with_many_filters_stays_correct(
         for n in range(40)
         for mask in range(1, 16)
     ]
-    assert len(filters) > 2 * MAX_DERIVED
+    assert len(filters) > 2 * LIMIT
 
     def expected(wanted: dict[str, str]) -> list[int]:
         mask = sum(1 << bit for bit in range(4) if KEYS[bit] in wanted)
@@ -102,7 +112,7 @@ def test_routing_runs_once_per_snapshot_and_filter(
         provider.register(service="echo", host=HOST, port=port, metadata={"env": "prod"})
     consumer = ConsumerAPI(make_context(refresh_interval=60))
     consumer.get_all_instances(service="echo")
-    route = mocker.spy(consumer_api, "route")
+    route = mocker.spy(selection, "route")
     for _ in range(3):
         for policy in ("weightedRandom", "roundRobin"):
             consumer.get_one_instance(service="echo", lb_policy=policy, metadata={"env": "prod"})
