@@ -11,6 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from polaris_sdk.aio import AsyncConsumerAPI, AsyncProviderAPI, AsyncSDKContext
     from polaris_sdk.config import Configuration
     from polaris_sdk.consumer import ConnectionState, ConsumerAPI
     from polaris_sdk.context import SDKContext
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
         ResourceNotFoundError,
         ServerError,
         ValidationError,
+        WrongLoopError,
     )
     from polaris_sdk.model import (
         GetAllInstancesRequest,
@@ -46,6 +48,9 @@ if TYPE_CHECKING:
 __version__ = "0.1.0.dev0"
 
 _EXPORTS: dict[str, str] = {
+    "AsyncConsumerAPI": "polaris_sdk.aio",
+    "AsyncProviderAPI": "polaris_sdk.aio",
+    "AsyncSDKContext": "polaris_sdk.aio",
     "AuthError": "polaris_sdk.errors",
     "BadRequestError": "polaris_sdk.errors",
     "ClosedError": "polaris_sdk.errors",
@@ -74,9 +79,13 @@ _EXPORTS: dict[str, str] = {
     "ServiceKey": "polaris_sdk.model",
     "ValidationError": "polaris_sdk.errors",
     "WatchServiceRequest": "polaris_sdk.model",
+    "WrongLoopError": "polaris_sdk.errors",
 }
 
 __all__ = [
+    "AsyncConsumerAPI",
+    "AsyncProviderAPI",
+    "AsyncSDKContext",
     "AuthError",
     "BadRequestError",
     "ClosedError",
@@ -105,6 +114,7 @@ __all__ = [
     "ServiceKey",
     "ValidationError",
     "WatchServiceRequest",
+    "WrongLoopError",
     "__version__",
 ]
 

@@ -6,6 +6,7 @@ The tree::
     ├── ConfigError                 a configuration key has a wrong value
     ├── ValidationError             a request field breaks a rule; nothing was sent
     ├── ClosedError                 the SDKContext or facade is closed
+    ├── WrongLoopError              an AsyncSDKContext used off its event loop
     ├── InstanceNotFoundError       no instance to answer a consumer call
     ├── NetworkError                the server could not be reached
     │   └── PolarisTimeoutError     the call ran past its deadline
@@ -42,6 +43,7 @@ __all__ = [
     "ServerError",
     "ServerInternalError",
     "ValidationError",
+    "WrongLoopError",
     "error_for_code",
 ]
 
@@ -74,6 +76,10 @@ class ValidationError(PolarisError, ValueError):
 
 class ClosedError(PolarisError, RuntimeError):
     """The SDKContext (or the facade) has been closed."""
+
+
+class WrongLoopError(PolarisError, RuntimeError):
+    """An asyncio context was used from another event loop or thread, or without one."""
 
 
 class InstanceNotFoundError(PolarisError, LookupError):

@@ -23,12 +23,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final, Protocol
 
 from polaris_sdk.cache.persist import DiskBackup
 from polaris_sdk.cache.reflector import ConnectionState
 from polaris_sdk.cache.store import Store
-from polaris_sdk.dispatch import Dispatcher, Mailbox
 from polaris_sdk.model import Instance, ServiceChangeEvent, ServiceInstances, ServiceKey
 
 __all__ = ["BACKUP_TOUCH_INTERVAL", "Informer", "diff", "initial_event"]
@@ -80,6 +79,23 @@ def initial_event(snapshot: ServiceInstances) -> ServiceChangeEvent:
     )
 
 
+class EventMailbox(Protocol):
+    """One listener's queue (:class:`polaris_sdk.dispatch.Mailbox` or its asyncio twin)."""
+
+    @property
+    def callback(self) -> Callable[[Any], Any]: ...
+
+    def post(self, item: ServiceChangeEvent) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Mailboxes(Protocol):
+    """Where listener mailboxes come from: a thread pool, or the event loop."""
+
+    def mailbox(self, callback: Callable[[Any], Any], label: str | None = None) -> Any: ...
+
+
 class Informer:
     """Writes one service's snapshots into the store and fans changes out.
 
@@ -92,7 +108,7 @@ class Informer:
         self,
         key: ServiceKey,
         store: Store,
-        dispatcher: Dispatcher,
+        dispatcher: Mailboxes,
         *,
         backup: DiskBackup | None = None,
         on_state: StateCallback | None = None,
@@ -103,7 +119,7 @@ class Informer:
         self._backup = backup
         self._on_state = on_state
         self._lock = threading.Lock()
-        self._mailboxes: list[Mailbox[ServiceChangeEvent]] = []
+        self._mailboxes: list[EventMailbox] = []
         self._backup_touched = 0.0
 
     # ------------------------------------------------------------ the sink
@@ -145,7 +161,7 @@ class Informer:
             if any(m.callback == listener for m in self._mailboxes):
                 return False
             entry = self._store.get(self.key)
-            mailbox: Mailbox[ServiceChangeEvent] = self._dispatcher.mailbox(listener)
+            mailbox: EventMailbox = self._dispatcher.mailbox(listener)
             if entry is not None:
                 mailbox.post(initial_event(entry.current))
             self._mailboxes.append(mailbox)

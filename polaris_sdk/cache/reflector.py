@@ -31,11 +31,24 @@ from typing import Any, Protocol
 
 from polaris_sdk.cache.listwatch import GateClosedError, ListerWatcher
 from polaris_sdk.cache.options import CacheOptions
-from polaris_sdk.cache.reflector_core import ConnectionState, Outcome, ReflectorCore, RoundKind
+from polaris_sdk.cache.reflector_core import (
+    ConnectionState,
+    Outcome,
+    ReflectorCore,
+    Round,
+    RoundKind,
+)
 from polaris_sdk.errors import ClosedError, PolarisError
 from polaris_sdk.model import ServiceInstances, ServiceKey
 
-__all__ = ["Cancellable", "ConnectionState", "Reflector", "ReflectorSink", "Scheduler"]
+__all__ = [
+    "Cancellable",
+    "ConnectionState",
+    "Reflector",
+    "ReflectorDriver",
+    "ReflectorSink",
+    "Scheduler",
+]
 
 logger = logging.getLogger("polaris_sdk.cache.reflector")
 
@@ -62,12 +75,18 @@ class ReflectorSink(Protocol):
     def state_changed(self, key: ServiceKey, state: ConnectionState) -> None: ...
 
 
-class Reflector:
+class ReflectorDriver:
+    """What every driver of a :class:`ReflectorCore` does alike: feed it and act on it.
+
+    A driver (threaded here, asyncio in :mod:`polaris_sdk.aio.cache`) only
+    decides how a round is sent and how the next one is waited for; the
+    outcome of a round is applied to the sink and logged here, the same way
+    for both.
+    """
+
     def __init__(
         self,
         key: ServiceKey,
-        lister_watcher: ListerWatcher,
-        scheduler: Scheduler,
         sink: ReflectorSink,
         options: CacheOptions,
         *,
@@ -75,15 +94,11 @@ class Reflector:
         rand: Callable[[], float] = random.random,
     ) -> None:
         self.key = key
-        self._lw = lister_watcher
-        self._scheduler = scheduler
         self._sink = sink
         self._options = options
         self._clock = clock
         self._rand = rand
         self._core = ReflectorCore(options)
-        self._lock = threading.Lock()
-        self._handle: Cancellable | None = None
         self._stopped = False
 
     @property
@@ -98,6 +113,82 @@ class Reflector:
     @property
     def stopped(self) -> bool:
         return self._stopped
+
+    def _next_delay(self) -> float:
+        return self._core.next_delay(self._rand())
+
+    def _next_round(self) -> tuple[ServiceInstances | None, Round]:
+        current = self._sink.current()
+        return current, self._core.next_round(current)
+
+    # --------------------------------------------------------------- outcomes
+
+    def _succeeded(self, current: ServiceInstances | None, result: ServiceInstances | None) -> None:
+        outcome = self._core.succeeded(current, result, self._clock())
+        if outcome.recovered_after:
+            logger.info(
+                "discover of %s works again after %d failures", self.key, outcome.recovered_after
+            )
+        if outcome.hold_empty_ended:
+            logger.info("%s has instances again; push-empty protection released", self.key)
+        if outcome.hold_empty_started and result is not None and current is not None:
+            logger.warning(
+                "server answered no instances for %s (revision %r) after %d; keeping the last "
+                "snapshot (push-empty protection) until it answers instances again",
+                self.key,
+                result.revision,
+                len(current),
+            )
+        if outcome.replace is not None:
+            self._sink.replace(outcome.replace)
+        elif outcome.confirm:
+            self._sink.confirm(time.time())
+        self._report(outcome)
+
+    def _failed(self, exc: BaseException) -> None:
+        outcome = self._core.failed(exc, self._clock())
+        if outcome.failures == 1 and not isinstance(exc, GateClosedError):
+            current = self._sink.current()
+            kept = (
+                f"keeping {len(current)} instances (age {current.age:.1f}s)"
+                if current is not None
+                else "nothing cached yet"
+            )
+            logger.warning("discover of %s failed: %s; %s", self.key, exc, kept)
+        else:
+            logger.debug("discover of %s failed again (%d): %s", self.key, outcome.failures, exc)
+        self._report(outcome)
+
+    def _report(self, outcome: Outcome) -> None:
+        state = outcome.state_change
+        if state is None:
+            return
+        if state is ConnectionState.LOST:
+            logger.warning(
+                "%s is LOST: discover has failed for %.0fs", self.key, outcome.failing_for
+            )
+        self._sink.state_changed(self.key, state)
+
+
+class Reflector(ReflectorDriver):
+    """The threaded driver: one round at a time on the context's scheduler."""
+
+    def __init__(
+        self,
+        key: ServiceKey,
+        lister_watcher: ListerWatcher,
+        scheduler: Scheduler,
+        sink: ReflectorSink,
+        options: CacheOptions,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        super().__init__(key, sink, options, clock=clock, rand=rand)
+        self._lw = lister_watcher
+        self._scheduler = scheduler
+        self._lock = threading.Lock()
+        self._handle: Cancellable | None = None
 
     # --------------------------------------------------------------- control
 
@@ -165,9 +256,6 @@ class Reflector:
             )
         self._schedule(delay)
 
-    def _next_delay(self) -> float:
-        return self._core.next_delay(self._rand())
-
     def _schedule(self, delay: float) -> None:
         with self._lock:
             if self._stopped:
@@ -188,58 +276,9 @@ class Reflector:
     def _discover(
         self, timeout: float | None, urgent: bool = False
     ) -> tuple[ServiceInstances | None, ServiceInstances | None]:
-        current = self._sink.current()
-        round_ = self._core.next_round(current)
+        current, round_ = self._next_round()
         if round_.kind is RoundKind.LIST:
             result: ServiceInstances | None = self._lw.list(self.key, timeout, urgent=urgent)
         else:
             result = self._lw.watch(self.key, round_.revision, timeout)
         return current, result
-
-    # --------------------------------------------------------------- outcomes
-
-    def _succeeded(self, current: ServiceInstances | None, result: ServiceInstances | None) -> None:
-        outcome = self._core.succeeded(current, result, self._clock())
-        if outcome.recovered_after:
-            logger.info(
-                "discover of %s works again after %d failures", self.key, outcome.recovered_after
-            )
-        if outcome.hold_empty_ended:
-            logger.info("%s has instances again; push-empty protection released", self.key)
-        if outcome.hold_empty_started and result is not None and current is not None:
-            logger.warning(
-                "server answered no instances for %s (revision %r) after %d; keeping the last "
-                "snapshot (push-empty protection) until it answers instances again",
-                self.key,
-                result.revision,
-                len(current),
-            )
-        if outcome.replace is not None:
-            self._sink.replace(outcome.replace)
-        elif outcome.confirm:
-            self._sink.confirm(time.time())
-        self._report(outcome)
-
-    def _failed(self, exc: BaseException) -> None:
-        outcome = self._core.failed(exc, self._clock())
-        if outcome.failures == 1 and not isinstance(exc, GateClosedError):
-            current = self._sink.current()
-            kept = (
-                f"keeping {len(current)} instances (age {current.age:.1f}s)"
-                if current is not None
-                else "nothing cached yet"
-            )
-            logger.warning("discover of %s failed: %s; %s", self.key, exc, kept)
-        else:
-            logger.debug("discover of %s failed again (%d): %s", self.key, outcome.failures, exc)
-        self._report(outcome)
-
-    def _report(self, outcome: Outcome) -> None:
-        state = outcome.state_change
-        if state is None:
-            return
-        if state is ConnectionState.LOST:
-            logger.warning(
-                "%s is LOST: discover has failed for %.0fs", self.key, outcome.failing_for
-            )
-        self._sink.state_changed(self.key, state)

@@ -112,7 +112,7 @@ class ConsumerAPI(Closing):
         self._owns_context = False
         self._cache: ServiceCache = ctx.component(CACHE_COMPONENT, lambda: _new_cache(ctx))
         self._selector: Selector = ctx.component(
-            SELECTION_COMPONENT, lambda: _new_selector(self._cache)
+            SELECTION_COMPONENT, lambda: new_selector(self._cache)
         )
         self._timeout = ctx.config.api.timeout
         self._default_policy = ctx.config.consumer.default_lb_policy
@@ -158,8 +158,7 @@ class ConsumerAPI(Closing):
         """The instances a call may go to; ``fallback=True`` when that is all of them
         because none is healthy or matches ``metadata``."""
         req = coerce_request(GetInstancesRequest, request, fields)
-        wanted = _filter_key(req.metadata) if req.metadata else ()
-        namespace = req.namespace or DEFAULT_NAMESPACE
+        namespace, wanted = instances_query(req)
         entry = self._entry(namespace, req.service)
         return self._selector.view(entry, namespace, req.service, wanted)
 
@@ -168,24 +167,9 @@ class ConsumerAPI(Closing):
     ) -> Instance:
         """One instance picked by the load balancer; InstanceNotFoundError if there is none."""
         req = coerce_request(GetOneInstanceRequest, request, fields)
-        policy = req.lb_policy or self._default_policy
-        if policy not in _POLICIES:
-            check_policy(policy)
-        hash_key = req.hash_key
-        if hash_key is None:
-            if policy == RING_HASH:
-                raise ValidationError(
-                    "hash_key", "is required with lb_policy ringHash", INVALID_PARAMETER
-                )
-        elif not isinstance(hash_key, str | bytes):
-            raise ValidationError("hash_key", "must be a str or bytes", INVALID_PARAMETER)
-        wanted = _filter_key(req.metadata) if req.metadata else ()
-        namespace = req.namespace or DEFAULT_NAMESPACE
+        namespace, policy, wanted, key = one_instance_query(req, self._default_policy)
         entry = self._entry(namespace, req.service)
-        picker = self._selector.picker(entry, namespace, req.service, policy, wanted)
-        if picker is None:
-            raise InstanceNotFoundError(_no_instance(entry.snapshot))
-        return picker.pick(hash_key_bytes(hash_key))
+        return pick_one(self._selector, entry, namespace, req.service, policy, wanted, key)
 
     # ------------------------------------------------------------- watches
 
@@ -195,7 +179,7 @@ class ConsumerAPI(Closing):
         """Call each listener on every change of the service, starting with the
         current snapshot as one "added" event; returns that snapshot."""
         req = coerce_request(WatchServiceRequest, request, fields)
-        listeners = _listeners(req.listeners)
+        listeners = listeners_of(req.listeners)
         key = self._key(req.namespace, req.service)
         self._check_open()
         self._cache.entry(key, self._timeout)
@@ -209,7 +193,7 @@ class ConsumerAPI(Closing):
     def unwatch_service(self, request: WatchServiceRequest | None = None, /, **fields: Any) -> None:
         """Stop calling the listeners; events still queued for them are dropped."""
         req = coerce_request(WatchServiceRequest, request, fields)
-        listeners = _listeners(req.listeners)
+        listeners = listeners_of(req.listeners)
         key = self._key(req.namespace, req.service)
         for listener in listeners:
             with self._lock:
@@ -270,7 +254,7 @@ class ConsumerAPI(Closing):
             raise ClosedError("the ConsumerAPI is closed")
 
     def _key(self, namespace: str, service: str) -> ServiceKey:
-        return ServiceKey(check_namespace(namespace or DEFAULT_NAMESPACE), check_service(service))
+        return service_key(namespace, service)
 
     def _entry(self, namespace: str, service: str) -> Entry:
         """The entry of a service; ``namespace`` already defaulted."""
@@ -283,7 +267,69 @@ class ConsumerAPI(Closing):
         return self._cache.entry(self._key(namespace, service), self._timeout)
 
 
-def _listeners(listeners: Sequence[Listener]) -> tuple[Listener, ...]:
+# The decisions of a read, shared by this facade and its asyncio twin
+# (polaris_sdk.aio.consumer): they differ only in how they wait for an entry.
+
+
+def service_key(namespace: str, service: str) -> ServiceKey:
+    """The validated key of a service; an empty namespace is ``default``."""
+    return ServiceKey(check_namespace(namespace or DEFAULT_NAMESPACE), check_service(service))
+
+
+def instances_query(req: GetInstancesRequest) -> tuple[str, MetadataKey]:
+    """The namespace and the validated metadata filter of a ``get_instances`` request."""
+    wanted = _filter_key(req.metadata) if req.metadata else ()
+    return req.namespace or DEFAULT_NAMESPACE, wanted
+
+
+def one_instance_query(
+    req: GetOneInstanceRequest, default_policy: str
+) -> tuple[str, str, MetadataKey, bytes | None]:
+    """Namespace, policy, filter and hash key of a ``get_one_instance`` request, validated."""
+    policy = req.lb_policy or default_policy
+    if policy not in _POLICIES:
+        check_policy(policy)
+    hash_key = req.hash_key
+    if hash_key is None:
+        if policy == RING_HASH:
+            raise ValidationError(
+                "hash_key", "is required with lb_policy ringHash", INVALID_PARAMETER
+            )
+    elif not isinstance(hash_key, str | bytes):
+        raise ValidationError("hash_key", "must be a str or bytes", INVALID_PARAMETER)
+    wanted = _filter_key(req.metadata) if req.metadata else ()
+    return req.namespace or DEFAULT_NAMESPACE, policy, wanted, hash_key_bytes(hash_key)
+
+
+def pick_one(
+    selector: Selector,
+    entry: Entry,
+    namespace: str,
+    service: str,
+    policy: str,
+    wanted: MetadataKey,
+    key: bytes | None,
+) -> Instance:
+    """The load balancer's pick over ``entry``; InstanceNotFoundError when there is none."""
+    picker = selector.picker(entry, namespace, service, policy, wanted)
+    if picker is None:
+        raise InstanceNotFoundError(_no_instance(entry.snapshot))
+    return picker.pick(key)
+
+
+def new_selector(cache: Any) -> Selector:
+    """The selector of a cache, warmed by it whenever a snapshot is replaced."""
+    selector = Selector()
+    cache.add_replace_hook(selector.snapshot_replaced)
+    return selector
+
+
+def listeners_of(listeners: Sequence[Listener]) -> tuple[Listener, ...]:
+    """The listeners of a watch request, checked to be callables."""
+    if listeners is None:
+        raise ValidationError(
+            "listeners", "must be a callable or a list of callables", INVALID_PARAMETER
+        )
     if callable(listeners):
         # A single function passed where a sequence is expected.
         return (listeners,)
@@ -302,9 +348,3 @@ def _no_instance(snapshot: ServiceInstances) -> str:
 
 def _new_cache(ctx: SDKContext) -> ServiceCache:
     return ServiceCache(ctx.connector, ctx.scheduler, CacheOptions.from_config(ctx.config))
-
-
-def _new_selector(cache: ServiceCache) -> Selector:
-    selector = Selector()
-    cache.add_replace_hook(selector.snapshot_replaced)
-    return selector

@@ -1,0 +1,220 @@
+"""AsyncConsumerAPI: find instances of a service from asyncio code.
+
+The twin of :class:`~polaris_sdk.consumer.ConsumerAPI`: the same methods,
+arguments, defaults and errors, the same routing, load balancing and
+selection memos (:mod:`polaris_sdk.consumer.selection`), built by the same
+functions. The first call for a service awaits its listing within
+``global.api.timeout``; later calls read the cache: a warm
+``get_one_instance`` does no I/O and awaits nothing but its own coroutine.
+Revision checks are tasks on the context's loop; listeners (plain or
+``async def``) run there too, each behind its own mailbox, so a slow
+``async`` listener delays no other. ``aclose()`` removes this facade's
+listeners (and closes an owned context).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Final, Self
+
+from polaris_sdk._requests import coerce_request
+from polaris_sdk.aio.cache import AsyncServiceCache
+from polaris_sdk.aio.context import AsyncSDKContext
+from polaris_sdk.cache.reflector import ConnectionState
+from polaris_sdk.cache.store import Entry
+from polaris_sdk.config import Configuration
+from polaris_sdk.consumer.api import (
+    instances_query,
+    listeners_of,
+    new_selector,
+    one_instance_query,
+    pick_one,
+    service_key,
+)
+from polaris_sdk.consumer.selection import Selector
+from polaris_sdk.errors import ClosedError
+from polaris_sdk.model import (
+    DEFAULT_NAMESPACE,
+    GetAllInstancesRequest,
+    GetInstancesRequest,
+    GetOneInstanceRequest,
+    Instance,
+    ServiceChangeEvent,
+    ServiceInstances,
+    ServiceKey,
+    WatchServiceRequest,
+)
+
+__all__ = ["AsyncConsumerAPI"]
+
+CACHE_COMPONENT: Final = "aio.consumer.cache"
+SELECTION_COMPONENT: Final = "aio.consumer.selection"
+
+Listener = Callable[[ServiceChangeEvent], Any]
+StateListener = Callable[[ServiceKey, ConnectionState], Any]
+
+
+class AsyncConsumerAPI:
+    """The consumer facade over an :class:`~polaris_sdk.aio.AsyncSDKContext`."""
+
+    def __init__(self, ctx: AsyncSDKContext) -> None:
+        self._ctx = ctx
+        self._owns_context = False
+        self._cache: AsyncServiceCache = ctx.component(
+            CACHE_COMPONENT, lambda: AsyncServiceCache(ctx)
+        )
+        self._selector: Selector = ctx.component(
+            SELECTION_COMPONENT, lambda: new_selector(self._cache)
+        )
+        self._timeout = ctx.config.api.timeout
+        self._default_policy = ctx.config.consumer.default_lb_policy
+        self._watches: list[tuple[ServiceKey, Listener]] = []
+        self._state_listeners: list[StateListener] = []
+        self._closed = False
+
+    @classmethod
+    def create(
+        cls, config: str | os.PathLike[str] | Configuration | None = None, **settings: Any
+    ) -> AsyncConsumerAPI:
+        """An AsyncConsumerAPI owning a new context; arguments as ``AsyncSDKContext.create``."""
+        api = cls(AsyncSDKContext.create(config, **settings))
+        api._owns_context = True
+        return api
+
+    @property
+    def context(self) -> AsyncSDKContext:
+        return self._ctx
+
+    @property
+    def closed(self) -> bool:
+        return self._closed or self._ctx.closed
+
+    # --------------------------------------------------------------- reads
+
+    async def get_all_instances(
+        self, request: GetAllInstancesRequest | None = None, /, **fields: Any
+    ) -> ServiceInstances:
+        """Every instance of the service, unhealthy and isolated ones included."""
+        req = coerce_request(GetAllInstancesRequest, request, fields)
+        entry = await self._entry(req.namespace or DEFAULT_NAMESPACE, req.service)
+        return entry.current
+
+    async def get_instances(
+        self, request: GetInstancesRequest | None = None, /, **fields: Any
+    ) -> ServiceInstances:
+        """The instances a call may go to (``fallback=True`` when that is all of them)."""
+        req = coerce_request(GetInstancesRequest, request, fields)
+        namespace, wanted = instances_query(req)
+        entry = await self._entry(namespace, req.service)
+        return self._selector.view(entry, namespace, req.service, wanted)
+
+    async def get_one_instance(
+        self, request: GetOneInstanceRequest | None = None, /, **fields: Any
+    ) -> Instance:
+        """One instance picked by the load balancer; InstanceNotFoundError if there is none."""
+        req = coerce_request(GetOneInstanceRequest, request, fields)
+        namespace, policy, wanted, key = one_instance_query(req, self._default_policy)
+        entry = self._cache.cached_entry_named(namespace, req.service)
+        if entry is None or self._closed:
+            entry = await self._entry(namespace, req.service)
+        return pick_one(self._selector, entry, namespace, req.service, policy, wanted, key)
+
+    # ------------------------------------------------------------- watches
+
+    async def watch_service(
+        self, request: WatchServiceRequest | None = None, /, **fields: Any
+    ) -> ServiceInstances:
+        """Call each listener on every change, starting with the current snapshot as
+        one "added" event; returns that snapshot."""
+        req = coerce_request(WatchServiceRequest, request, fields)
+        listeners = listeners_of(req.listeners)
+        key = service_key(req.namespace, req.service)
+        self._check_open()
+        snapshot = (await self._cache.entry(key, self._timeout)).current
+        for listener in listeners:
+            self._watches.append((key, listener))
+            snapshot = await self._cache.watch(key, listener, self._timeout)
+        return snapshot
+
+    async def unwatch_service(
+        self, request: WatchServiceRequest | None = None, /, **fields: Any
+    ) -> None:
+        """Stop calling the listeners; events still queued for them are dropped."""
+        req = coerce_request(WatchServiceRequest, request, fields)
+        listeners = listeners_of(req.listeners)
+        key = service_key(req.namespace, req.service)
+        for listener in listeners:
+            if (key, listener) in self._watches:
+                self._watches.remove((key, listener))
+            self._cache.unwatch(key, listener)
+
+    # --------------------------------------------------------------- state
+
+    @property
+    def state(self) -> ConnectionState:
+        """The worst :class:`ConnectionState` over every cached service."""
+        return self._cache.state()
+
+    def service_state(
+        self, namespace: str = DEFAULT_NAMESPACE, service: str = ""
+    ) -> ConnectionState:
+        """The state of one cached service (KeyError if it is not cached)."""
+        return self._cache.state(service_key(namespace, service))
+
+    def add_state_listener(self, listener: StateListener) -> None:
+        """Call ``listener(key, state)`` whenever a cached service changes state."""
+        self._check_open()
+        self._state_listeners.append(listener)
+        self._cache.add_state_listener(listener)
+
+    def remove_state_listener(self, listener: StateListener) -> None:
+        if listener in self._state_listeners:
+            self._state_listeners.remove(listener)
+        self._cache.remove_state_listener(listener)
+
+    # ------------------------------------------------------------- closing
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        watches, self._watches = self._watches, []
+        state_listeners, self._state_listeners = self._state_listeners, []
+        if self._owns_context:
+            await self._ctx.aclose()
+            return
+        for key, listener in watches:
+            self._cache.unwatch(key, listener)
+        for state_listener in state_listeners:
+            self._cache.remove_state_listener(state_listener)
+
+    async def __aenter__(self) -> Self:
+        self._ctx.check_loop()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"<AsyncConsumerAPI {self._ctx!r}{' closed' if self.closed else ''}>"
+
+    # ------------------------------------------------------------- helpers
+
+    def _check_open(self) -> None:
+        self._ctx.check_loop()
+        if self._closed:
+            raise ClosedError("the AsyncConsumerAPI is closed")
+
+    async def _entry(self, namespace: str, service: str) -> Entry:
+        self._check_open()
+        entry = self._cache.cached_entry_named(namespace, service)
+        if entry is not None:
+            return entry
+        return await self._cache.entry(service_key(namespace, service), self._timeout)

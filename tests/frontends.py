@@ -1,0 +1,96 @@
+"""Run one test body against the sync facades and their asyncio twins.
+
+``FRONTS`` are the two front ends. For ``async``, :class:`LoopThread` runs an
+event loop on a thread of its own and :class:`Blocking` wraps an asyncio
+facade so that a test calls it like the sync one: each coroutine method is
+run to completion on that loop (``close()`` is ``aclose()``), everything else
+is passed through. The facades are created on the loop, so they belong to
+it exactly as in an application, and listeners run there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+FRONTS = ("sync", "async")
+"""``sync``: ProviderAPI / ConsumerAPI; ``async``: their asyncio twins."""
+
+LOOP_THREAD = "test-event-loop"
+T = TypeVar("T")
+
+
+class LoopThread:
+    """An event loop running on its own thread until :meth:`close`."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name=LOOP_THREAD, daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T] | Awaitable[T], timeout: float = 120.0) -> T:
+        async def wrap() -> T:
+            return await coro
+
+        future = asyncio.run_coroutine_threadsafe(wrap(), self.loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """``fn()`` on the loop's thread (for sync methods that must run on the loop)."""
+
+        async def wrap() -> T:
+            return fn()
+
+        return self.run(wrap())
+
+    def close(self) -> None:
+        async def drain() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        self.run(drain())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+
+class Blocking:
+    """An asyncio facade, called like its sync twin through a :class:`LoopThread`."""
+
+    def __init__(self, target: Any, loop: LoopThread) -> None:
+        self._target = target
+        self._loop = loop
+
+    @property
+    def target(self) -> Any:
+        return self._target
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "close":
+            name = "aclose"
+        attr = getattr(self._target, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if inspect.iscoroutinefunction(attr):
+                return self._loop.run(attr(*args, **kwargs))
+            return self._loop.call(lambda: attr(*args, **kwargs))
+
+        return call
+
+    def __enter__(self) -> Blocking:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
