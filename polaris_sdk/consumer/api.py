@@ -40,7 +40,7 @@ import functools
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from polaris_sdk._closing import Closing
@@ -109,9 +109,9 @@ def _filter_key(metadata: Mapping[str, str]) -> MetadataKey:
     """``metadata`` as a memo key, validated once while the filter stays in use."""
     try:
         return _checked(metadata_key(metadata))
-    except TypeError:
-        # Keys of mixed types do not sort and unhashable values cannot be
-        # looked up: the full check names the field.
+    except (TypeError, AttributeError):
+        # Not a mapping, keys of mixed types that do not sort, or unhashable
+        # values that cannot be looked up: the full check names the field.
         check_metadata(metadata)
         raise
 
@@ -216,8 +216,7 @@ class ConsumerAPI(Closing):
         """One instance picked by the load balancer; InstanceNotFoundError if there is none."""
         req = coerce_request(GetOneInstanceRequest, request, fields)
         policy = req.lb_policy or self._default_policy
-        # An unknown policy misses the dict, and check_policy() raises.
-        builder = _PICKERS.get(policy) or _PICKERS[check_policy(policy)]
+        builder = _builder(policy)
         hash_key = req.hash_key
         if hash_key is None:
             if policy == RING_HASH:
@@ -323,16 +322,34 @@ class ConsumerAPI(Closing):
         self._check_open()
         # A key already cached was validated when it was first listed: the
         # hot path skips the name checks.
-        entry = self._cache.cached_entry_named(namespace or DEFAULT_NAMESPACE, service)
+        entry = _cached_entry(self._cache, namespace, service)
         if entry is not None:
             return entry
         return self._cache.entry(self._key(namespace, service), self._timeout)
+
+
+def _builder(policy: str) -> tuple[PickerBuilder, int]:
+    try:
+        return _PICKERS[policy]
+    except (KeyError, TypeError):  # unknown, or not even hashable: check_policy() raises
+        return _PICKERS[check_policy(policy)]
+
+
+def _cached_entry(cache: ServiceCache, namespace: str, service: str) -> Entry | None:
+    try:
+        return cache.cached_entry_named(namespace or DEFAULT_NAMESPACE, service)
+    except TypeError:  # an unhashable name is never cached; the full check names it
+        return None
 
 
 def _listeners(listeners: Sequence[Listener]) -> tuple[Listener, ...]:
     if callable(listeners):
         # A single function passed where a sequence is expected.
         return (listeners,)
+    if isinstance(listeners, str | bytes) or not isinstance(listeners, Iterable):
+        raise ValidationError(
+            "listeners", "must be a callable or a sequence of callables", INVALID_PARAMETER
+        )
     result = tuple(listeners)
     for listener in result:
         if not callable(listener):
