@@ -310,6 +310,17 @@ def test_weight_none_gets_the_server_default(provider: ProviderAPI, observer: SD
     assert weights == {8080: 100, 8081: 0}
 
 
+def test_same_instance_request_is_transient_and_retried(
+    provider: ProviderAPI, authorizer: RecordingAuthorizer, observer: SDKContext
+) -> None:
+    # A real server answers 400208 when one batch window holds the instance twice.
+    authorizer.answer_next(400208)
+    resp = provider.register(echo())
+
+    assert resp.instance_id in listed(observer)
+    assert len(authorizer.actions(Action.REGISTER, "echo")) == 2
+
+
 def test_close_deregisters_and_leaves_no_thread(
     config: Configuration, observer: SDKContext, no_thread_leak: None
 ) -> None:
