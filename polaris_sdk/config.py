@@ -19,7 +19,11 @@ Contract:
   serviceRefreshInterval`` ...). Keys this SDK does not know are logged as a
   warning and ignored, so one file can serve several SDKs. Durations are
   written ``"500ms"``, ``"2s"``, ``"1m"``, ``"1h"`` or as a bare number of
-  seconds.
+  seconds, from above 0 to one day; ``provider.heartbeatTtl`` takes the same
+  forms but must come to whole seconds (1 to 60).
+* The token must be printable ASCII without surrounding spaces (it travels
+  as a header): a token file's trailing newline is refused when the
+  context is created, without showing the token.
 * TLS: ``global.serverConnector.trustedCAFile`` / ``certFile`` / ``keyFile``
   are polaris-java's keys; ``tlsEnable`` (a polaris_sdk extension) turns TLS
   on with the system CAs. Paths are only checked for form here; the
@@ -58,6 +62,7 @@ __all__ = [
     "ServerConnectorConfig",
     "load_config",
     "parse_duration",
+    "parse_whole_seconds",
 ]
 
 logger = logging.getLogger("polaris_sdk.config")
@@ -70,6 +75,11 @@ LB_POLICIES: Final = ("weightedRandom", "ringHash", "roundRobin")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
 _UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+MAX_DURATION: Final = 86400.0
+"""The longest duration a setting takes, in seconds (one day): deadlines and
+intervals beyond it are mistakes, and some (1e10 s) overflow the clocks."""
+MAX_DURATION_TEXT: Final = "1 day (86400s)"
+_WHOLE_SECONDS_SLACK: Final = 1e-9
 _ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(\d{1,5})$")
 
 
@@ -77,15 +87,31 @@ _ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(\d{1,5})$")
 
 
 def _positive(key: str, value: float, *, allow_zero: bool = False) -> None:
+    """A duration in seconds: above 0 (or 0 itself with ``allow_zero``), at most a day."""
     ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (value == 0 and not allow_zero):
-        form = "a duration >= 0" if allow_zero else "a duration > 0"
-        raise ConfigError(key, f"expected {form} such as '500ms' or '2s', got {value!r}")
+    if not ok or value < 0 or (value == 0 and not allow_zero) or value > MAX_DURATION:
+        low = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(
+            key,
+            f"expected a duration {low} and <= {MAX_DURATION_TEXT}, such as '500ms' or '2s',"
+            f" got {value!r}",
+        )
 
 
 def _count(key: str, value: int, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ConfigError(key, f"expected an integer from {low} to {high}, got {value!r}")
+
+
+def _check_header_value(key: str, value: str) -> None:
+    """``value`` can travel as an HTTP header and gRPC metadata; it is never shown."""
+    if not (value.isascii() and value.isprintable() and value == value.strip()):
+        raise ConfigError(
+            key,
+            "expected printable ASCII without control characters or surrounding spaces,"
+            " as a header value must be (value hidden; a trailing newline from a file"
+            " is the usual cause)",
+        )
 
 
 def _check_address(key: str, address: str) -> None:
@@ -159,6 +185,8 @@ class ServerConnectorConfig:
         _positive("global.serverConnector.failbackInterval", self.failback_interval)
         if self.token is not None and not isinstance(self.token, str):
             raise ConfigError("global.serverConnector.token", "expected a string")
+        if self.token is not None:
+            _check_header_value("global.serverConnector.token", self.token)
         if not isinstance(self.tls_enable, bool):
             raise ConfigError("global.serverConnector.tlsEnable", "expected true or false")
         for key, name in _TLS_FILES:
@@ -333,6 +361,19 @@ def parse_duration(key: str, value: Any) -> float:
     )
 
 
+def parse_whole_seconds(key: str, value: Any) -> int:
+    """Whole seconds from ``5``, ``"5"``, ``"5s"``, ``"1m"`` or ``"5000ms"``; not ``"1.5s"``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    seconds = parse_duration(key, value)
+    whole = round(seconds) if math.isfinite(seconds) else None
+    if whole is None or abs(seconds - whole) > _WHOLE_SECONDS_SLACK:
+        raise ConfigError(
+            key, f"expected whole seconds such as 5 or '5s', got {_shown(key, value)}"
+        )
+    return whole
+
+
 def _as_bool(key: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -440,7 +481,9 @@ KEYS: Final[Mapping[str, _Key]] = {
     ),
     "consumer.localCache.pushEmptyProtection": _Key("consumer", "push_empty_protection", _as_bool),
     "consumer.loadbalancer.type": _Key("consumer", "default_lb_policy", _as_str),
-    "provider.heartbeatTtl": _Key("provider", "heartbeat_ttl", _as_int, "POLARIS_HEARTBEAT_TTL"),
+    "provider.heartbeatTtl": _Key(
+        "provider", "heartbeat_ttl", parse_whole_seconds, "POLARIS_HEARTBEAT_TTL"
+    ),
     "provider.reregisterMaxBackoff": _Key("provider", "reregister_max_backoff", parse_duration),
     "provider.deregisterOnClose": _Key(
         "provider", "deregister_on_close", _as_bool, "POLARIS_DEREGISTER_ON_CLOSE"

@@ -16,7 +16,8 @@ The tree::
         │   ├── ResourceNotFoundError       400202 and the 4003xx codes
         │   ├── HealthCheckDisabledError    400140: heartbeats are off on the server
         │   └── AuthError                   401xxx and 403xxx
-        └── ServerInternalError         5xxxxx: retriable
+        └── ServerInternalError         5xxxxx, and the transient 4xxxxx answers
+                                        (throttling, conflicts, 400208): retriable
 
 ``error_for_code(code, info)`` turns a server code into the right exception;
 ``CODE_ERRORS`` is the table, with an entry for every ``v1.Code`` the naming
@@ -160,7 +161,7 @@ CODE_ERRORS: Final[dict[int, type[ServerError]]] = {
     400150: InvalidParameterError,  # InvalidMetadata
     400201: BadRequestError,  # ExistedResource
     400202: ResourceNotFoundError,  # NotFoundResource
-    400208: BadRequestError,  # SameInstanceRequest
+    400208: ServerInternalError,  # SameInstanceRequest: two in one batch window; retriable
     400230: BadRequestError,  # MaximumCapacityExceeded
     400301: ResourceNotFoundError,  # NotFoundService
     400303: ResourceNotFoundError,  # NotFoundInstance

@@ -174,7 +174,11 @@ class ServiceChangeEvent:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InstanceRegisterRequest:
     """Register one instance. ``ttl`` (seconds) is the heartbeat interval; the
-    server marks the instance unhealthy after three missed beats."""
+    server marks the instance unhealthy after three missed beats.
+
+    A field left None is not sent: ``weight=None`` gets the server's default
+    (100). ``service_token`` is never shown in ``repr``.
+    """
 
     namespace: str = DEFAULT_NAMESPACE
     service: str
@@ -182,7 +186,7 @@ class InstanceRegisterRequest:
     port: int
     protocol: str = ""
     version: str = ""
-    weight: int = DEFAULT_WEIGHT
+    weight: int | None = DEFAULT_WEIGHT
     metadata: Mapping[str, str] | None = None
     ttl: int | None = None
     healthy: bool | None = None
@@ -194,7 +198,7 @@ class InstanceRegisterRequest:
     zone: str = ""
     campus: str = ""
     vpc_id: str = ""
-    service_token: str | None = None
+    service_token: str | None = field(default=None, repr=False)
     enable_health_check: bool = True
 
 
@@ -216,7 +220,10 @@ class InstanceRegisterResponse:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InstanceKeyRequest:
-    """Names one instance: by ``instance_id``, or by namespace, service, host and port."""
+    """Names one instance: by ``instance_id``, or by namespace, service, host and port.
+
+    ``service_token`` is never shown in ``repr``.
+    """
 
     namespace: str = DEFAULT_NAMESPACE
     service: str = ""
@@ -224,7 +231,7 @@ class InstanceKeyRequest:
     port: int | None = None
     instance_id: str | None = None
     vpc_id: str = ""
-    service_token: str | None = None
+    service_token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -283,8 +290,9 @@ def register_request_to_wire(req: InstanceRegisterRequest, ttl: int | None = Non
         namespace=_str(req.namespace),
         host=_str(req.host),
         port=wire.UInt32Value(value=req.port),
-        weight=wire.UInt32Value(value=req.weight),
     )
+    if req.weight is not None:
+        msg.weight.value = req.weight
     if req.instance_id:
         msg.id.value = req.instance_id
     if req.vpc_id:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from polaris_sdk import ConfigError, Configuration
+from polaris_sdk import ConfigError, Configuration, SDKContext
 from polaris_sdk.config import (
     KEYS,
     ApiConfig,
@@ -282,3 +282,103 @@ def test_a_client_certificate_needs_its_key() -> None:
     assert info.value.key == "global.serverConnector.certFile"
     with pytest.raises(ConfigError, match="tlsEnable"):
         Configuration().replace(**{"global.serverConnector.tlsEnable": "sometimes"})
+
+
+DURATION_KEYS = [key for key, spec in KEYS.items() if spec.parse is parse_duration]
+
+
+@pytest.mark.parametrize("key", DURATION_KEYS)
+@pytest.mark.parametrize("value", ["1e10", 1e10, "25h", "1e400", "inf", "nan", 86400.5])
+def test_every_duration_is_bounded(key: str, value: object) -> None:
+    with pytest.raises(ConfigError) as info:
+        Configuration().replace(**{key: value})
+    assert info.value.key == key
+    assert "86400s" in str(info.value)
+
+
+@pytest.mark.parametrize("key", DURATION_KEYS)
+def test_a_day_is_the_longest_duration(key: str) -> None:
+    Configuration().replace(**{key: "24h"})
+
+
+def test_a_huge_timeout_never_reaches_a_call(tmp_path: Path) -> None:
+    path = tmp_path / "polaris.yaml"
+    path.write_text("global:\n  api:\n    timeout: 1e10\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"global\.api\.timeout: .*86400s"):
+        load_config(path, environ={})
+    with pytest.raises(ConfigError, match=r"global\.api\.timeout: .*86400s"):
+        load_config(environ={"POLARIS_API_TIMEOUT": "1e10"})
+    with pytest.raises(ConfigError, match=r"global\.api\.timeout: .*86400s"):
+        SDKContext.create(**{"global.api.timeout": 1e10})
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [(2, 2), ("2", 2), ("2s", 2), ("1m", 60), ("3000ms", 3), ("7000ms", 7), (" 10s ", 10)],
+)
+def test_the_heartbeat_ttl_takes_durations_in_whole_seconds(value: object, seconds: int) -> None:
+    config = Configuration().replace(**{"provider.heartbeatTtl": value})
+    assert config.provider.heartbeat_ttl == seconds
+
+
+def test_the_heartbeat_ttl_from_a_file_and_the_environment(tmp_path: Path) -> None:
+    path = tmp_path / "polaris.yaml"
+    path.write_text("provider:\n  heartbeatTtl: 2s\n", encoding="utf-8")
+    assert load_config(path, environ={}).provider.heartbeat_ttl == 2
+    config = load_config(environ={"POLARIS_HEARTBEAT_TTL": "2s"})
+    assert config.provider.heartbeat_ttl == 2
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("1.5s", "whole seconds"),
+        ("500ms", "whole seconds"),
+        (2.5, "whole seconds"),
+        ("1e400", "whole seconds"),
+        ("soon", "duration"),
+        ("0s", "from 1 to 60"),
+        ("2m", "from 1 to 60"),
+        (True, "duration"),
+    ],
+)
+def test_a_bad_heartbeat_ttl_says_why(value: object, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Configuration().replace(**{"provider.heartbeatTtl": value})
+    assert info.value.key == "provider.heartbeatTtl"
+    assert expected in str(info.value)
+
+
+BAD_TOKENS = [
+    "s3cret\n",  # a token file's last line, or a YAML | block
+    "s3cret\r\n",
+    " s3cret",
+    "s3cret ",
+    "s3c\x00ret",
+    "s3c\tret",
+    "s3c\u00e9ret",  # not ASCII
+]
+
+
+@pytest.mark.parametrize("token", BAD_TOKENS)
+def test_a_token_that_cannot_be_a_header_is_refused_unseen(token: str) -> None:
+    for build in (
+        lambda: Configuration().replace(token=token),
+        lambda: ServerConnectorConfig(token=token),
+        lambda: load_config(environ={"POLARIS_TOKEN": token}),
+        lambda: SDKContext.create(addresses=["127.0.0.1:8091"], token=token),
+    ):
+        with pytest.raises(ConfigError) as info:
+            build()
+        assert info.value.key == "global.serverConnector.token"
+        assert "s3c" not in str(info.value)
+        assert "s3c" not in repr(info.value)
+
+
+def test_a_token_from_a_yaml_block_keeps_its_newline_and_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "polaris.yaml"
+    path.write_text("global:\n  serverConnector:\n    token: |\n      s3cret\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert info.value.key == "global.serverConnector.token"
+    assert "s3cret" not in str(info.value)

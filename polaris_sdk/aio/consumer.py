@@ -26,6 +26,7 @@ from polaris_sdk.cache.reflector import ConnectionState
 from polaris_sdk.cache.store import Entry
 from polaris_sdk.config import Configuration
 from polaris_sdk.consumer.api import (
+    cached_entry,
     instances_query,
     listeners_of,
     new_selector,
@@ -116,7 +117,7 @@ class AsyncConsumerAPI:
         """One instance picked by the load balancer; InstanceNotFoundError if there is none."""
         req = coerce_request(GetOneInstanceRequest, request, fields)
         namespace, policy, wanted, key = one_instance_query(req, self._default_policy)
-        entry = self._cache.cached_entry_named(namespace, req.service)
+        entry = cached_entry(self._cache, namespace, req.service)
         if entry is None or self._closed:
             entry = await self._entry(namespace, req.service)
         return pick_one(self._selector, entry, namespace, req.service, policy, wanted, key)
@@ -214,7 +215,7 @@ class AsyncConsumerAPI:
 
     async def _entry(self, namespace: str, service: str) -> Entry:
         self._check_open()
-        entry = self._cache.cached_entry_named(namespace, service)
+        entry = cached_entry(self._cache, namespace, service)
         if entry is not None:
             return entry
         return await self._cache.entry(service_key(namespace, service), self._timeout)

@@ -13,7 +13,10 @@ Guarantees:
   that fails, or the directory is read-only or full, the error is logged
   (a warning the first time, then at debug level until a write succeeds
   again) and the cache carries on without a backup. A corrupt or foreign
-  file loads as nothing, with a warning.
+  file loads as nothing, with a warning: every field is checked with the
+  registration rules of :mod:`polaris_sdk.validation` (types, sizes,
+  ranges), so a damaged file can neither crash a consumer call nor hand
+  callers an address no server would.
 * ``updated_at`` in a loaded snapshot is when the server last confirmed it:
   the time written in the file or the file's modification time, whichever is
   later; :meth:`DiskBackup.touch` moves the latter forward cheaply when the
@@ -26,14 +29,24 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import tempfile
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
 
 from polaris_sdk.model import Instance, ServiceInstances, ServiceKey, frozen_metadata
+from polaris_sdk.validation import (
+    check_flag,
+    check_instance,
+    check_instance_id,
+    check_metadata,
+    check_text,
+    check_ttl,
+)
 
 __all__ = ["FORMAT_VERSION", "DiskBackup"]
 
@@ -41,6 +54,18 @@ logger = logging.getLogger("polaris_sdk.cache.persist")
 
 FORMAT_VERSION: Final = 1
 _INSTANCE_FIELDS: Final = tuple(f.name for f in dataclasses.fields(Instance))
+_REQUIRED_FIELDS: Final = ("id", "namespace", "service", "host", "port")
+_CHECKED_FIELDS: Final = (
+    "protocol",
+    "version",
+    "logic_set",
+    "weight",
+    "vpc_id",
+    "region",
+    "zone",
+    "campus",
+    "priority",
+)
 
 
 def _instance_to_json(instance: Instance) -> dict[str, Any]:
@@ -49,10 +74,71 @@ def _instance_to_json(instance: Instance) -> dict[str, Any]:
     return data
 
 
-def _instance_from_json(data: dict[str, Any]) -> Instance:
-    known = {k: v for k, v in data.items() if k in _INSTANCE_FIELDS}
+class CorruptBackup(ValueError):
+    """A backup file that does not hold a valid snapshot."""
+
+
+def _check_backed_up_instance(data: Mapping[str, Any]) -> None:
+    """The registration rules, so a file cannot hand callers what no server would.
+
+    The metadata count is not checked: a server adds keys of its own
+    (``version``, ``protocol``, the location) to an instance's 64.
+    """
+    missing = [name for name in _REQUIRED_FIELDS if data.get(name) is None]
+    if missing:
+        raise CorruptBackup(f"an instance has no {missing[0]!r}")
+    check_instance(
+        namespace=data["namespace"],
+        service=data["service"],
+        host=data["host"],
+        port=data["port"],
+        **{name: data.get(name) for name in _CHECKED_FIELDS},
+    )
+    check_instance_id(data["id"])
+    check_metadata(data.get("metadata"), count=False)
+    check_ttl(data.get("ttl"))
+    for name in ("healthy", "isolated"):
+        check_flag(name, data.get(name))
+    check_text("revision", data.get("revision", ""), 0)
+
+
+def _instance_from_json(data: Any) -> Instance:
+    if not isinstance(data, Mapping):
+        raise CorruptBackup("an instance is not an object")
+    _check_backed_up_instance(data)
+    known = {k: v for k, v in data.items() if k in _INSTANCE_FIELDS and v is not None}
     known["metadata"] = frozen_metadata(known.get("metadata"))
     return Instance(**known)
+
+
+def _snapshot_from_json(key: ServiceKey, document: Any, mtime: float) -> ServiceInstances:
+    """The snapshot a backup file holds, every field checked; CorruptBackup if it is not one."""
+    if not isinstance(document, Mapping):
+        raise CorruptBackup("not a JSON object")
+    if document.get("format") != FORMAT_VERSION:
+        raise CorruptBackup(f"unknown format {document.get('format')!r}")
+    if (document.get("namespace"), document.get("service")) != (key.namespace, key.service):
+        raise CorruptBackup("file holds another service")
+    revision = check_text("revision", document.get("revision"), 0)
+    updated_at = document.get("updated_at")
+    if isinstance(updated_at, bool) or not isinstance(updated_at, int | float):
+        raise CorruptBackup("updated_at is not a number")
+    if not math.isfinite(updated_at):
+        raise CorruptBackup("updated_at is not finite")
+    metadata = document.get("metadata")
+    check_metadata(metadata, count=False)
+    instances = document.get("instances")
+    if not isinstance(instances, list):
+        raise CorruptBackup("instances is not a list")
+    return ServiceInstances(
+        namespace=key.namespace,
+        service=key.service,
+        revision=revision,
+        instances=tuple(_instance_from_json(i) for i in instances),
+        metadata=frozen_metadata(metadata),
+        updated_at=max(float(updated_at), mtime),
+        from_backup=True,
+    )
 
 
 class DiskBackup:
@@ -105,7 +191,12 @@ class DiskBackup:
             logger.debug("cannot touch backup of %s: %s", key, exc)
 
     def load(self, key: ServiceKey) -> ServiceInstances | None:
-        """The saved snapshot of ``key``, marked ``from_backup``; None if there is none."""
+        """The saved snapshot of ``key``, marked ``from_backup``; None if there is none.
+
+        A file that is not a valid snapshot (not JSON, nested too deep to
+        parse, a field of the wrong type or breaking a registration rule)
+        loads as None, with a warning naming the file and the fault.
+        """
         path = self.path_for(key)
         try:
             with path.open(encoding="utf-8") as handle:
@@ -113,24 +204,12 @@ class DiskBackup:
             mtime = path.stat().st_mtime
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             logger.warning("cannot read backup %s: %s", path, exc)
             return None
         try:
-            if document.get("format") != FORMAT_VERSION:
-                raise ValueError(f"unknown format {document.get('format')!r}")
-            if (document["namespace"], document["service"]) != (key.namespace, key.service):
-                raise ValueError("file holds another service")
-            return ServiceInstances(
-                namespace=key.namespace,
-                service=key.service,
-                revision=str(document["revision"]),
-                instances=tuple(_instance_from_json(i) for i in document["instances"]),
-                metadata=frozen_metadata(document.get("metadata")),
-                updated_at=max(float(document["updated_at"]), mtime),
-                from_backup=True,
-            )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            return _snapshot_from_json(key, document, mtime)
+        except ValueError as exc:  # CorruptBackup, or a ValidationError naming the field
             logger.warning("ignoring backup %s: %s", path, exc)
             return None
 

@@ -39,7 +39,7 @@ import functools
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from polaris_sdk._closing import Closing
@@ -94,9 +94,9 @@ def _filter_key(metadata: Mapping[str, str]) -> MetadataKey:
     """``metadata`` as a memo key, validated once while the filter stays in use."""
     try:
         return _checked(metadata_key(metadata))
-    except TypeError:
-        # Keys of mixed types do not sort and unhashable values cannot be
-        # looked up: the full check names the field.
+    except (TypeError, AttributeError):
+        # Not a mapping, keys of mixed types that do not sort, or unhashable
+        # values that cannot be looked up: the full check names the field.
         check_metadata(metadata)
         raise
 
@@ -261,7 +261,7 @@ class ConsumerAPI(Closing):
         self._check_open()
         # A key already cached was validated when it was first listed: the
         # hot path skips the name checks.
-        entry = self._cache.cached_entry_named(namespace, service)
+        entry = cached_entry(self._cache, namespace, service)
         if entry is not None:
             return entry
         return self._cache.entry(self._key(namespace, service), self._timeout)
@@ -287,7 +287,11 @@ def one_instance_query(
 ) -> tuple[str, str, MetadataKey, bytes | None]:
     """Namespace, policy, filter and hash key of a ``get_one_instance`` request, validated."""
     policy = req.lb_policy or default_policy
-    if policy not in _POLICIES:
+    try:
+        known = policy in _POLICIES
+    except TypeError:  # not even hashable: check_policy() names the field
+        known = False
+    if not known:
         check_policy(policy)
     hash_key = req.hash_key
     if hash_key is None:
@@ -317,6 +321,15 @@ def pick_one(
     return picker.pick(key)
 
 
+def cached_entry(cache: Any, namespace: str, service: str) -> Entry | None:
+    """The cached entry of a service, if any; never lists (an unhashable name is never cached)."""
+    try:
+        entry: Entry | None = cache.cached_entry_named(namespace, service)
+    except TypeError:  # the full check in service_key() names the field
+        return None
+    return entry
+
+
 def new_selector(cache: Any) -> Selector:
     """The selector of a cache, warmed by it whenever a snapshot is replaced."""
     selector = Selector()
@@ -326,13 +339,13 @@ def new_selector(cache: Any) -> Selector:
 
 def listeners_of(listeners: Sequence[Listener]) -> tuple[Listener, ...]:
     """The listeners of a watch request, checked to be callables."""
-    if listeners is None:
-        raise ValidationError(
-            "listeners", "must be a callable or a list of callables", INVALID_PARAMETER
-        )
     if callable(listeners):
         # A single function passed where a sequence is expected.
         return (listeners,)
+    if isinstance(listeners, str | bytes) or not isinstance(listeners, Iterable):
+        raise ValidationError(
+            "listeners", "must be a callable or a sequence of callables", INVALID_PARAMETER
+        )
     result = tuple(listeners)
     for listener in result:
         if not callable(listener):

@@ -217,7 +217,7 @@ LB_POLICIES: Final = tuple(_BUILDERS)
 
 def check_policy(policy: str) -> str:
     """``policy`` if it names a balancer, else :class:`ValidationError`."""
-    if policy not in _BUILDERS:
+    if not isinstance(policy, str) or policy not in _BUILDERS:
         raise ValidationError(
             "lb_policy", f"must be one of {', '.join(LB_POLICIES)}", INVALID_PARAMETER
         )

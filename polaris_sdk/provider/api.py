@@ -48,7 +48,7 @@ from polaris_sdk._closing import Closing
 from polaris_sdk._requests import coerce_request
 from polaris_sdk.config import Configuration
 from polaris_sdk.context import SDKContext
-from polaris_sdk.errors import ClosedError, ValidationError
+from polaris_sdk.errors import ClosedError
 from polaris_sdk.model import (
     InstanceDeregisterRequest,
     InstanceHeartbeatRequest,
@@ -57,60 +57,24 @@ from polaris_sdk.model import (
 )
 from polaris_sdk.provider.flow import RegistrationStatus
 from polaris_sdk.provider.heartbeat import STATUS_DRAIN_TIMEOUT, RegisterFlow, StatusListener
-from polaris_sdk.validation import (
-    INVALID_PARAMETER,
-    check_host,
-    check_instance,
-    check_instance_id,
-    check_namespace,
-    check_port,
-    check_service,
-)
+from polaris_sdk.validation import check_instance_key_request, check_register_request
 
 __all__ = ["FLOW_COMPONENT", "ProviderAPI", "validate_instance_key", "validate_register"]
 
 logger = logging.getLogger("polaris_sdk.provider.api")
 
 FLOW_COMPONENT = "polaris_sdk.provider.RegisterFlow"
-MAX_TTL = 60
 EXIT_THREAD = "polaris-exit"
 _STOP_BYTE = b"\0"  # tells the exit thread to end; any other byte is a signal number
 
 _Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 
-def validate_register(req: InstanceRegisterRequest) -> None:
-    """Every rule of a registration; raises ValidationError naming the field."""
-    check_instance(
-        namespace=req.namespace,
-        service=req.service,
-        host=req.host,
-        port=req.port,
-        protocol=req.protocol,
-        version=req.version,
-        logic_set=req.logic_set,
-        weight=req.weight,
-        metadata=req.metadata,
-    )
-    check_instance_id(req.instance_id)
-    ttl = req.ttl
-    if ttl is not None and (
-        isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= MAX_TTL
-    ):
-        raise ValidationError(
-            "ttl", f"must be an integer from 1 to {MAX_TTL} seconds", INVALID_PARAMETER
-        )
+validate_register = check_register_request
+"""Every rule of a registration; raises ValidationError naming the field."""
 
-
-def validate_instance_key(req: InstanceDeregisterRequest | InstanceHeartbeatRequest) -> None:
-    """An instance is named by a non-empty id, or by namespace, service, host and port."""
-    if req.instance_id is not None:
-        check_instance_id(req.instance_id)
-        return
-    check_service(req.service)
-    check_namespace(req.namespace)
-    check_host(req.host)
-    check_port(req.port)
+validate_instance_key = check_instance_key_request
+"""An instance is named by a non-empty id, or by namespace, service, host and port."""
 
 
 class ProviderAPI(Closing):

@@ -273,6 +273,12 @@ def _validate_registration(instance: Any) -> None:
         logic_set=instance.logic_set.value,
         weight=instance.weight.value if instance.HasField("weight") else None,
         metadata=instance.metadata,
+        instance_id=instance.id.value,
+        vpc_id=instance.vpc_id.value,
+        region=instance.location.region.value,
+        zone=instance.location.zone.value,
+        campus=instance.location.campus.value,
+        priority=instance.priority.value,
     )
 
 

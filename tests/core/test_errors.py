@@ -103,7 +103,8 @@ def test_unknown_codes_fall_back_by_class(
 
 
 def test_only_5xx_throttling_and_conflicts_are_retriable() -> None:
-    throttled_or_conflict = {403003, 409000, 429001, 429002}
+    # 400208 SameInstanceRequest: the same instance twice in one server batch window.
+    throttled_or_conflict = {400208, 403003, 409000, 429001, 429002}
     for code, cls in errors.CODE_ERRORS.items():
         assert cls.retriable == (code >= 500000 or code in throttled_or_conflict), code
 

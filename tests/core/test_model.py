@@ -145,3 +145,26 @@ def test_service_instances_from_a_discover_response() -> None:
         False,
         100,
     )
+
+
+def test_repr_of_requests_never_shows_the_service_token() -> None:
+    requests = [
+        InstanceRegisterRequest(service="echo", host="h", port=1, service_token="s3cret"),
+        InstanceDeregisterRequest(service="echo", host="h", port=1, service_token="s3cret"),
+        InstanceHeartbeatRequest(service="echo", host="h", port=1, service_token="s3cret"),
+    ]
+    for req in requests:
+        assert "s3cret" not in repr(req)
+        assert "s3cret" not in str(req)
+        assert "service='echo'" in repr(req)
+
+
+def test_weight_none_sends_no_weight() -> None:
+    msg = model.register_request_to_wire(
+        InstanceRegisterRequest(service="e", host="h", port=1, weight=None)
+    )
+    assert not msg.HasField("weight")
+    msg = model.register_request_to_wire(
+        InstanceRegisterRequest(service="e", host="h", port=1, weight=0)
+    )
+    assert msg.HasField("weight") and msg.weight.value == 0

@@ -89,3 +89,71 @@ def test_a_supplied_id_must_not_be_empty() -> None:
     with pytest.raises(ValidationError) as info:
         validation.check_instance_id("")
     assert info.value.code == 400130
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "code"),
+    [
+        # As service/instance_test.go::TestCheckInstanceFieldLen: lengths before presence.
+        ({"port": None, "protocol": "p" * 33}, "protocol", 400136),
+        ({"port": None, "version": "v" * 33}, "version", 400137),
+        ({"port": None, "logic_set": "l" * 129}, "logic_set", 400138),
+        ({"port": None, "metadata": {"k": "v" * 4097}}, "metadata", 400150),
+        ({"port": None, "weight": 65536}, "weight", 400103),
+        ({"service": "", "protocol": "p" * 33}, "protocol", 400136),
+        ({"host": None, "version": "v" * 33}, "version", 400137),
+        ({"service": "bad name", "port": 65536}, "port", 400132),
+        # The metadata count first of all.
+        ({"service": "s" * 129, "metadata": {f"k{i}": "v" for i in range(65)}}, "metadata", 400150),
+        # Lengths in the server's order.
+        ({"host": "h" * 129, "protocol": "p" * 33}, "host", 400131),
+        ({"protocol": "p" * 33, "version": "v" * 33}, "protocol", 400136),
+        ({"logic_set": "l" * 129, "metadata": {"k": "v" * 4097}}, "logic_set", 400138),
+        ({"weight": 65536, "service": ""}, "weight", 400103),
+    ],
+)
+def test_rules_apply_in_the_real_servers_order(
+    overrides: dict[str, Any], field: str, code: int
+) -> None:
+    with pytest.raises(ValidationError) as info:
+        check(**overrides)
+    assert (info.value.field, info.value.code) == (field, code)
+
+
+@pytest.mark.parametrize(
+    ("field", "limit", "code"),
+    [
+        ("instance_id", 128, 400130),
+        ("vpc_id", 64, 400103),
+        ("region", 128, 400103),
+        ("zone", 128, 400103),
+        ("campus", 128, 400103),
+    ],
+)
+def test_fields_the_server_stores_unchecked_have_its_column_sizes(
+    field: str, limit: int, code: int
+) -> None:
+    check(**{field: "x" * limit})
+    with pytest.raises(ValidationError) as info:
+        check(**{field: "x" * (limit + 1)})
+    assert (info.value.field, info.value.code) == (field, code)
+
+
+@pytest.mark.parametrize("priority", [-1, 128, 2**40, True, "1", 1.0])
+def test_priority_is_a_tinyint(priority: object) -> None:
+    check(priority=0)
+    check(priority=127)
+    with pytest.raises(ValidationError) as info:
+        check(priority=priority)
+    assert info.value.field == "priority"
+
+
+@pytest.mark.parametrize(
+    "field",
+    ["namespace", "service", "host", "protocol", "version", "logic_set", "region", "vpc_id"],
+)
+@pytest.mark.parametrize("bad", [123, b"bytes", ["x"], "\udc80"])
+def test_text_fields_refuse_other_types_and_lone_surrogates(field: str, bad: object) -> None:
+    with pytest.raises(ValidationError) as info:
+        check(**{field: bad})
+    assert info.value.field == field

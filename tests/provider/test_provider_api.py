@@ -141,6 +141,22 @@ def test_server_down_at_start_gives_a_clear_error(
     assert len(outcome) == 1 and isinstance(outcome[0], NetworkError)
 
 
+TEXT_FIELDS = (
+    "namespace",
+    "service",
+    "host",
+    "protocol",
+    "version",
+    "logic_set",
+    "region",
+    "zone",
+    "campus",
+    "vpc_id",
+    "instance_id",
+    "service_token",
+)
+FLAG_FIELDS = ("healthy", "isolate", "enable_health_check")
+
 BAD_REGISTRATIONS = [
     ("namespace", {"namespace": ""}),
     ("namespace", {"namespace": "bad namespace"}),
@@ -166,6 +182,34 @@ BAD_REGISTRATIONS = [
     ("ttl", {"ttl": 61}),
     ("ttl", {"ttl": 1.5}),
     ("instance_id", {"instance_id": ""}),
+    ("instance_id", {"instance_id": "i" * 129}),
+    ("vpc_id", {"vpc_id": "v" * 65}),
+    ("region", {"region": "r" * 129}),
+    ("zone", {"zone": "z" * 129}),
+    ("campus", {"campus": "c" * 129}),
+    ("service_token", {"service_token": "t" * 2049}),
+    ("priority", {"priority": -1}),
+    ("priority", {"priority": 128}),
+    ("priority", {"priority": 2**40}),
+    ("priority", {"priority": "1"}),
+    ("priority", {"priority": True}),
+    ("port", {"port": True}),
+    ("port", {"port": 80.0}),
+    ("weight", {"weight": True}),
+    ("weight", {"weight": "abc"}),
+    ("ttl", {"ttl": True}),
+    ("ttl", {"ttl": "5"}),
+    ("metadata", {"metadata": "ab"}),
+    ("metadata", {"metadata": ["a", "b"]}),
+    ("metadata", {"metadata": {"k": "\udc80"}}),
+    ("metadata", {"metadata": {"\udc80": "v"}}),
+    ("metadata", {"metadata": {1: "v"}}),
+    ("host", {"host": "\udc80"}),
+    ("service", {"service": "\udc80"}),
+    # Every text field given something other than a string.
+    *((name, {name: 123}) for name in TEXT_FIELDS),
+    # Every flag given something other than a bool.
+    *((name, {name: value}) for name in FLAG_FIELDS for value in ("yes", 1, 0)),
 ]
 
 
@@ -194,6 +238,20 @@ BAD_KEYS = [
     ("port", {"port": None}),
     ("port", {"port": 70000}),
     ("instance_id", {"instance_id": ""}),
+    ("instance_id", {"instance_id": 5}),
+    ("instance_id", {"instance_id": "i" * 129}),
+    ("host", {"host": 1}),
+    ("host", {"host": "\udc80"}),
+    ("service", {"service": 5}),
+    ("namespace", {"namespace": 5}),
+    ("port", {"port": True}),
+    ("port", {"port": "80"}),
+    ("vpc_id", {"vpc_id": 5}),
+    ("service_token", {"service_token": 5}),
+    # With an id, the other fields are sent too: still checked for type.
+    ("service", {"instance_id": "abc", "service": 5}),
+    ("host", {"instance_id": "abc", "host": 1}),
+    ("port", {"instance_id": "abc", "port": "80"}),
 ]
 
 
@@ -212,6 +270,55 @@ def test_heartbeat_and_deregister_name_the_bad_field(
         provider.deregister(InstanceDeregisterRequest(**fields))  # type: ignore[arg-type]
     assert info.value.field == field
     assert authorizer.calls == []
+
+
+def test_keyword_calls_with_a_wrong_type_name_the_field(
+    provider: ProviderAPI, authorizer: RecordingAuthorizer
+) -> None:
+    from polaris_sdk import ValidationError
+
+    with pytest.raises(ValidationError) as info:
+        provider.heartbeat(host=1)
+    assert info.value.field == "host"
+    with pytest.raises(ValidationError) as info:
+        provider.deregister(instance_id=5)
+    assert info.value.field == "instance_id"
+    with pytest.raises(ValidationError) as info:
+        provider.register(service="echo", host="127.0.0.1", port=8080, healthy="yes")
+    assert info.value.field == "healthy"
+    assert authorizer.calls == []
+
+
+def test_a_bad_service_token_is_named_but_never_shown(
+    provider: ProviderAPI, authorizer: RecordingAuthorizer
+) -> None:
+    from polaris_sdk import ValidationError
+
+    token = "s3cret-" + "t" * 2048
+    with pytest.raises(ValidationError) as info:
+        provider.register(service="echo", host="127.0.0.1", port=8080, service_token=token)
+    assert info.value.field == "service_token"
+    assert "s3cret" not in str(info.value)
+    assert authorizer.calls == []
+
+
+def test_weight_none_gets_the_server_default(provider: ProviderAPI, observer: SDKContext) -> None:
+    provider.register(echo(weight=None))
+    provider.register(echo(port=8081, weight=0))
+
+    weights = {i.port: i.weight for i in listed(observer).values()}
+    assert weights == {8080: 100, 8081: 0}
+
+
+def test_same_instance_request_is_transient_and_retried(
+    provider: ProviderAPI, authorizer: RecordingAuthorizer, observer: SDKContext
+) -> None:
+    # A real server answers 400208 when one batch window holds the instance twice.
+    authorizer.answer_next(400208)
+    resp = provider.register(echo())
+
+    assert resp.instance_id in listed(observer)
+    assert len(authorizer.actions(Action.REGISTER, "echo")) == 2
 
 
 def test_close_deregisters_and_leaves_no_thread(
