@@ -4,6 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.frontends import LoopThread
 from tests.support import assert_no_new_threads, live_threads
 
 
@@ -13,3 +14,12 @@ def no_thread_leak() -> Iterator[None]:
     before = live_threads()
     yield
     assert_no_new_threads(before)
+
+
+@pytest.fixture(scope="session")
+def event_loop_thread() -> Iterator[LoopThread]:
+    """One event loop for every asyncio test: grpc.aio binds its poller to each loop
+    it sees, and a loop closed while the process goes on makes it log errors."""
+    loop = LoopThread()
+    yield loop
+    loop.close()

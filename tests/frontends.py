@@ -94,3 +94,32 @@ class Blocking:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def is_async(facade: object) -> bool:
+    """Whether ``facade`` is an asyncio twin seen through :class:`Blocking`."""
+    return isinstance(facade, Blocking)
+
+
+def held_listener(
+    facade: object, release: threading.Event, sink: list[Any]
+) -> Callable[[Any], Any]:
+    """A listener that holds each event until ``release`` is set, then keeps it.
+
+    For an asyncio facade it is an ``async def`` that awaits instead of
+    blocking, since a plain listener runs on (and would stop) the event loop.
+    """
+    if not is_async(facade):
+
+        def held(event: Any) -> None:
+            release.wait(20)
+            sink.append(event)
+
+        return held
+
+    async def held_async(event: Any) -> None:
+        while not release.is_set():
+            await asyncio.sleep(0.01)
+        sink.append(event)
+
+    return held_async

@@ -8,7 +8,8 @@ The asyncio twin of :mod:`polaris_sdk.dispatch`, with the same guarantees:
 * Posting never blocks and never runs user code on the poster's stack: it
   appends to the mailbox and, if the mailbox was idle, starts one task that
   drains it. An idle mailbox costs no task.
-* A callback that raises is logged (``polaris_sdk.aio.dispatch``) and gets
+* A callback that raises is logged (``polaris_sdk.dispatch``, as in the
+  threaded dispatcher) and gets
   the next item as usual; one slow ``async`` callback delays only its own
   mailbox. (A plain callback runs on the loop: like any code there, it must
   not block.)
@@ -30,7 +31,7 @@ from typing import Any, Generic, TypeVar
 
 __all__ = ["AsyncMailbox"]
 
-logger = logging.getLogger("polaris_sdk.aio.dispatch")
+logger = logging.getLogger("polaris_sdk.dispatch")
 
 T = TypeVar("T")
 
@@ -78,7 +79,7 @@ class AsyncMailbox(Generic[T]):
                 except asyncio.CancelledError:
                     raise
                 except Exception:
-                    logger.exception("listener %s failed", self._label)
+                    logger.exception("callback %s raised; it keeps receiving events", self._label)
         finally:
             self._task = None
             if not self._items or self._closed:

@@ -5,9 +5,17 @@ from typing import Any
 
 import pytest
 
-from polaris_sdk import ConsumerAPI, ProviderAPI, SDKContext
+from polaris_sdk import (
+    AsyncConsumerAPI,
+    AsyncProviderAPI,
+    AsyncSDKContext,
+    ConsumerAPI,
+    ProviderAPI,
+    SDKContext,
+)
 from polaris_sdk.server import PolarisServer
 from tests.connector.servers import TRANSPORTS, address_of
+from tests.frontends import FRONTS, Blocking, LoopThread
 
 REFRESH = 0.2
 """The refresh interval of the consumer tests: short, so changes arrive fast."""
@@ -57,11 +65,46 @@ def ctx(make_context: Callable[..., SDKContext]) -> SDKContext:
     return make_context()
 
 
-@pytest.fixture
-def consumer(ctx: SDKContext) -> ConsumerAPI:
-    return ConsumerAPI(ctx)
+@pytest.fixture(params=FRONTS)
+def front(request: pytest.FixtureRequest) -> str:
+    """Tests of the facades run on the sync ones and on their asyncio twins."""
+    return str(request.param)
 
 
 @pytest.fixture
-def provider(ctx: SDKContext) -> ProviderAPI:
-    return ProviderAPI(ctx)
+def facades(
+    front: str,
+    sdk_settings: dict[str, Any],
+    make_context: Callable[..., SDKContext],
+    request: pytest.FixtureRequest,
+) -> Iterator[tuple[Any, Any]]:
+    """A consumer and a provider sharing one context, of this test's front end."""
+    if front == "sync":
+        ctx = make_context()
+        yield ConsumerAPI(ctx), ProviderAPI(ctx)
+        return
+    loop: LoopThread = request.getfixturevalue("event_loop_thread")
+
+    async def make() -> tuple[AsyncSDKContext, AsyncConsumerAPI, AsyncProviderAPI]:
+        actx = AsyncSDKContext.create(
+            **{**sdk_settings, "refresh_interval": REFRESH, "global.api.timeout": "1s"}
+        )
+        return actx, AsyncConsumerAPI(actx), AsyncProviderAPI(actx)
+
+    actx, consumer, provider = loop.run(make())
+    try:
+        yield Blocking(consumer, loop), Blocking(provider, loop)
+    finally:
+        loop.run(actx.aclose())
+        assert not actx.tasks
+
+
+@pytest.fixture
+def consumer(facades: tuple[Any, Any]) -> Any:
+    """A ConsumerAPI, or an AsyncConsumerAPI called through its event loop."""
+    return facades[0]
+
+
+@pytest.fixture
+def provider(facades: tuple[Any, Any]) -> Any:
+    return facades[1]

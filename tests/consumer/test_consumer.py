@@ -31,6 +31,7 @@ from polaris_sdk import (
 )
 from polaris_sdk.server import PolarisServer
 from tests.consumer.conftest import REFRESH
+from tests.frontends import held_listener
 from tests.support import wait_until
 
 HOST = "127.0.0.1"
@@ -247,10 +248,7 @@ def test_a_raising_and_a_slow_listener_do_not_disturb_the_others(
 ) -> None:
     release = threading.Event()
     slow_events: list[ServiceChangeEvent] = []
-
-    def slow(event: ServiceChangeEvent) -> None:
-        release.wait(20)
-        slow_events.append(event)
+    slow = held_listener(consumer, release, slow_events)
 
     raised: list[ServiceChangeEvent] = []
 
