@@ -123,3 +123,33 @@ def held_listener(
         sink.append(event)
 
     return held_async
+
+
+class Facades:
+    """Makes a test's facades on its front end: ``provider(config)``, ``consumer(config)``.
+
+    Each owns its context (``ProviderAPI.create`` / ``AsyncProviderAPI.create``)
+    and is closed by ``with`` or ``close()``.
+    """
+
+    def __init__(self, front: str, loop: LoopThread | None) -> None:
+        self.front = front
+        self._loop = loop
+
+    def provider(self, config: Any, **kwargs: Any) -> Any:
+        from polaris_sdk import AsyncProviderAPI, ProviderAPI
+
+        if self._loop is None:
+            return ProviderAPI.create(config, **kwargs)
+        return self._made(lambda: AsyncProviderAPI.create(config, **kwargs))
+
+    def consumer(self, config: Any, **kwargs: Any) -> Any:
+        from polaris_sdk import AsyncConsumerAPI, ConsumerAPI
+
+        if self._loop is None:
+            return ConsumerAPI.create(config, **kwargs)
+        return self._made(lambda: AsyncConsumerAPI.create(config, **kwargs))
+
+    def _made(self, make: Callable[[], Any]) -> Blocking:
+        assert self._loop is not None
+        return Blocking(self._loop.call(make), self._loop)

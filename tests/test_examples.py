@@ -21,6 +21,14 @@ EXPECTED: dict[str, list[str]] = {
         "healthy instances now: [8081, 8083]",
         "done",
     ],
+    "async_quickstart.py": [
+        "event: 0 instances",
+        "event: 3 instances",
+        "event: deleted 127.0.0.1:8082",
+        "healthy instances now: [8081, 8083]",
+        "background tasks left: 0",
+        "done",
+    ],
     "consumer.py": [
         "group=green: [9003] (fallback=False)",
         "(fallback=True)",

@@ -17,6 +17,7 @@ import pytest
 from polaris_sdk import Configuration
 from polaris_sdk.server import PolarisServer
 from tests.faults.proxy import FaultProxy
+from tests.frontends import FRONTS, Facades
 
 TTL = 1
 """Heartbeat TTL of the fault tests, in seconds (the smallest the SDK accepts)."""
@@ -33,6 +34,15 @@ DEADLINE_SLACK = 1.0
 def transport(request: pytest.FixtureRequest) -> str:
     name: str = request.param
     return name
+
+
+@pytest.fixture(params=FRONTS)
+def apis(request: pytest.FixtureRequest) -> Facades:
+    """The facades of this test's front end: the sync ones or their asyncio twins."""
+    front = str(request.param)
+    return Facades(
+        front, request.getfixturevalue("event_loop_thread") if front == "async" else None
+    )
 
 
 @pytest.fixture

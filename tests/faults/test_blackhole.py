@@ -17,10 +17,8 @@ import pytest
 
 from polaris_sdk import (
     Configuration,
-    ConsumerAPI,
     NetworkError,
     PolarisTimeoutError,
-    ProviderAPI,
 )
 from polaris_sdk.cache import ConnectionState
 from polaris_sdk.provider.flow import RegistrationState
@@ -34,6 +32,7 @@ from tests.faults.conftest import (
 )
 from tests.faults.helpers import healthy_ids, healthy_on_server, ids, record
 from tests.faults.proxy import FaultProxy
+from tests.frontends import Facades
 from tests.support import wait_until
 
 SERVICE = "blackholed"
@@ -50,6 +49,7 @@ def fails_in_time(call: Callable[..., object], *args: object, **kwargs: object) 
 
 
 def test_blackhole_for_three_ttl_then_heal(
+    apis: Facades,
     server: PolarisServer,
     proxy: FaultProxy,
     config: Configuration,
@@ -57,9 +57,9 @@ def test_blackhole_for_three_ttl_then_heal(
     loop_failures: LoopFailures,
 ) -> None:
     with (
-        ProviderAPI.create(config) as provider,
-        ConsumerAPI.create(config) as consumer,
-        ProviderAPI.create(direct_config(server, transport)) as elsewhere,
+        apis.provider(config) as provider,
+        apis.consumer(config) as consumer,
+        apis.provider(direct_config(server, transport)) as elsewhere,
     ):
         mine = provider.register_instance(service=SERVICE, host="127.0.0.1", port=9001).instance_id
         wait_until(lambda: mine in healthy_ids(consumer.get_all_instances(service=SERVICE)))
@@ -72,7 +72,7 @@ def test_blackhole_for_three_ttl_then_heal(
         # connections already open, and from a process starting meanwhile.
         error = fails_in_time(provider.heartbeat, service=SERVICE, host="127.0.0.1", port=9001)
         assert isinstance(error, PolarisTimeoutError), repr(error)
-        with ProviderAPI.create(config) as late_provider, ConsumerAPI.create(config) as late:
+        with apis.provider(config) as late_provider, apis.consumer(config) as late:
             fails_in_time(
                 late_provider.register_instance, service=SERVICE, host="127.0.0.1", port=9002
             )
@@ -125,10 +125,14 @@ def test_blackhole_for_three_ttl_then_heal(
 
 
 def test_close_inside_a_black_hole_is_bounded(
-    server: PolarisServer, proxy: FaultProxy, config: Configuration, loop_failures: LoopFailures
+    apis: Facades,
+    server: PolarisServer,
+    proxy: FaultProxy,
+    config: Configuration,
+    loop_failures: LoopFailures,
 ) -> None:
-    provider = ProviderAPI.create(config)
-    consumer = ConsumerAPI.create(config)
+    provider = apis.provider(config)
+    consumer = apis.consumer(config)
     try:
         # More instances than scheduler workers, so heartbeats queue up in the hole.
         workers = config.scheduler.workers

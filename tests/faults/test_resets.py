@@ -26,9 +26,7 @@ import time
 
 from polaris_sdk import (
     Configuration,
-    ConsumerAPI,
     PolarisError,
-    ProviderAPI,
     ServiceChangeEvent,
 )
 from polaris_sdk.cache import CacheOptions, ConnectionState
@@ -45,6 +43,7 @@ from tests.faults.helpers import (
     unpooled_thread_count,
 )
 from tests.faults.proxy import FaultProxy
+from tests.frontends import Facades
 from tests.support import wait_until
 
 SERVICE = "reset-often"
@@ -65,13 +64,14 @@ up to four ends in this process (SDK, proxy twice, server), per channel."""
 
 
 def test_resets_leak_nothing_and_break_no_loop(
+    apis: Facades,
     server: PolarisServer,
     proxy: FaultProxy,
     config: Configuration,
     loop_failures: LoopFailures,
 ) -> None:
     events: list[ServiceChangeEvent] = []
-    with ProviderAPI.create(config) as provider, ConsumerAPI.create(config) as consumer:
+    with apis.provider(config) as provider, apis.consumer(config) as consumer:
         mine = {
             provider.register_instance(service=SERVICE, host="127.0.0.1", port=port).instance_id
             for port in (9101, 9102, 9103)

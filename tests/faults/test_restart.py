@@ -13,11 +13,12 @@ from __future__ import annotations
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from polaris_sdk import ConsumerAPI, InstanceRegisterResponse, PolarisError, ProviderAPI
+from polaris_sdk import InstanceRegisterResponse, PolarisError
 from polaris_sdk.provider.flow import RegistrationState
 from polaris_sdk.server import PolarisServer
 from tests.faults.conftest import API_TIMEOUT, LoopFailures, direct_config
 from tests.faults.helpers import healthy_on_server, ids, record
+from tests.frontends import Facades
 from tests.support import wait_until
 
 SERVICE = "restarted"
@@ -30,7 +31,7 @@ BURST_TTL = 5
 
 
 def test_restart_during_a_burst_of_registrations(
-    server: PolarisServer, transport: str, loop_failures: LoopFailures
+    apis: Facades, server: PolarisServer, transport: str, loop_failures: LoopFailures
 ) -> None:
     config = direct_config(server, transport)
     restarting = threading.Event()
@@ -46,8 +47,8 @@ def test_restart_during_a_burst_of_registrations(
             return exc
 
     with (
-        ProviderAPI.create(config) as provider,
-        ConsumerAPI.create(config) as consumer,
+        apis.provider(config) as provider,
+        apis.consumer(config) as consumer,
         ThreadPoolExecutor(CALLERS, thread_name_prefix="polaris-test-burst") as pool,
     ):
         consumer.watch_service(service=SERVICE, listeners=[lambda event: None])
