@@ -24,8 +24,8 @@ from polaris_sdk import (
     SDKContext,
 )
 from polaris_sdk.provider import RegistrationState, RegistrationStatus
-from polaris_sdk.provider.flow import RegistrationCore
-from polaris_sdk.provider.heartbeat import STATUS_DRAIN_TIMEOUT
+from polaris_sdk.provider.core import RegistrationCore
+from polaris_sdk.provider.flow import STATUS_DRAIN_TIMEOUT
 from polaris_sdk.server.auth import Action
 from polaris_sdk.validation import instance_id
 from tests.connector.servers import RecordingAuthorizer
@@ -239,7 +239,7 @@ def test_the_id_locks_are_dropped_when_unused(provider: ProviderAPI) -> None:
     for port in range(1, 6):
         provider.register_instance(echo(port))
     provider.deregister(service="echo", host=HOST, port=1)
-    assert provider._flow._id_locks == {}
+    assert len(provider._flow._id_locks) == 0
 
 
 # -------------------------------------------------------------- the loop

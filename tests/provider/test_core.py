@@ -6,7 +6,7 @@ import pytest
 
 from polaris_sdk.errors import NetworkError, ResourceNotFoundError, ServerInternalError
 from polaris_sdk.model import InstanceRegisterRequest
-from polaris_sdk.provider.flow import (
+from polaris_sdk.provider.core import (
     Action,
     RegistrationCore,
     RegistrationState,
