@@ -4,6 +4,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+import polaris_sdk.context
 from polaris_sdk import (
     Configuration,
     Instance,
@@ -12,6 +13,7 @@ from polaris_sdk import (
     SDKContext,
     ServiceKey,
 )
+from polaris_sdk.scheduler import Scheduler
 from polaris_sdk.server import PolarisServer
 from tests.connector.servers import (
     TRANSPORTS,
@@ -19,6 +21,7 @@ from tests.connector.servers import (
     address_of,
     transport_config,
 )
+from tests.support import FakeClock, wait_until
 
 
 @pytest.fixture(params=TRANSPORTS)
@@ -61,7 +64,42 @@ def config(make_config: Callable[..., Configuration], address: str) -> Configura
 
 
 @pytest.fixture
-def provider(config: Configuration) -> Iterator[ProviderAPI]:
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """Fake time for the scheduler of every context the test makes from here on.
+
+    Heartbeats and re-registrations then run when the test advances the
+    clock, not after real TTLs; the calls still go over real sockets with
+    real deadlines, and the server's own health checks keep real time.
+    """
+    fake = FakeClock()
+
+    def scheduler(workers: int) -> Scheduler:
+        made = Scheduler(workers, clock=fake)
+        fake.wakes(made.wake)
+        return made
+
+    monkeypatch.setattr(polaris_sdk.context, "Scheduler", scheduler)
+    return fake
+
+
+def advance_until(
+    clock: FakeClock, predicate: Callable[[], object], step: float, timeout: float = 20.0
+) -> None:
+    """Advance ``clock`` by ``step`` at each look until ``predicate()`` holds (real deadline)."""
+
+    def advanced() -> object:
+        if predicate():
+            return True
+        clock.advance(step)
+        return False
+
+    wait_until(advanced, timeout=timeout, interval=0.02)
+
+
+@pytest.fixture
+def provider(config: Configuration, request: pytest.FixtureRequest) -> Iterator[ProviderAPI]:
+    if "clock" in request.fixturenames:
+        request.getfixturevalue("clock")  # before the context, so it gets the fake clock
     with ProviderAPI.create(config) as p:
         yield p
 
