@@ -22,6 +22,11 @@ Contract:
   cannot stop a thread), so close never hangs on a stuck task. Otherwise no
   thread is left behind. Scheduling on a closed scheduler raises
   :class:`~polaris_sdk.errors.ClosedError`.
+* Time is read through ``clock`` (default ``time.monotonic``): due times,
+  ``call_later`` and the timer's waits are on that clock, so a test can run
+  timers on a fake one. A clock that jumps (a test's fake clock) calls
+  :meth:`Scheduler.wake` after each jump so the timer reads it again; a real
+  clock needs nothing. ``close(timeout)`` waits in real time whatever the clock.
 * All methods are thread-safe, including from inside a task.
 """
 
@@ -48,7 +53,7 @@ _MAX_BACKOFF: Final = 5.0
 
 
 class TimerHandle:
-    """A scheduled call. ``when`` is its due time on the ``time.monotonic()`` clock."""
+    """A scheduled call. ``when`` is its due time on the scheduler's clock."""
 
     __slots__ = ("_args", "_cancelled", "_fn", "_in_heap", "_scheduler", "when")
 
@@ -91,9 +96,10 @@ def _describe(fn: Callable[..., Any]) -> str:
 class Scheduler:
     """Timers on one thread, work on a bounded pool; see the module docstring."""
 
-    def __init__(self, workers: int = 8) -> None:
+    def __init__(self, workers: int = 8, *, clock: Callable[[], float] = time.monotonic) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
+        self._clock = clock
         self._cond = threading.Condition(threading.Lock())
         self._heap: list[tuple[float, int, TimerHandle]] = []
         self._seq = itertools.count()
@@ -111,6 +117,11 @@ class Scheduler:
         return self._closed
 
     @property
+    def clock(self) -> Callable[[], float]:
+        """The clock due times are read on (seconds, never going back)."""
+        return self._clock
+
+    @property
     def pending(self) -> int:
         """Timers waiting to become due (cancelled ones excluded)."""
         with self._cond:
@@ -122,7 +133,7 @@ class Scheduler:
         return self._restarts
 
     def call_at(self, when: float, fn: Callable[..., Any], *args: Any) -> TimerHandle:
-        """Run ``fn(*args)`` on a worker at ``when`` (``time.monotonic()`` clock)."""
+        """Run ``fn(*args)`` on a worker at ``when`` (on :attr:`clock`)."""
         handle = TimerHandle(self, when, fn, args)
         with self._cond:
             if self._closed:
@@ -136,7 +147,7 @@ class Scheduler:
 
     def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> TimerHandle:
         """Run ``fn(*args)`` on a worker after ``delay`` seconds."""
-        return self.call_at(time.monotonic() + max(0.0, delay), fn, *args)
+        return self.call_at(self._clock() + max(0.0, delay), fn, *args)
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
         """Run ``fn(*args)`` on a worker now; its exception is kept in the future."""
@@ -147,6 +158,11 @@ class Scheduler:
                 return self._executor.submit(self._in_worker, fn, *args)
             except RuntimeError as exc:  # the interpreter is shutting down
                 raise ClosedError(f"the scheduler cannot run more work: {exc}") from None
+
+    def wake(self) -> None:
+        """Make the timer read the clock again now: called by a clock that has jumped."""
+        with self._cond:
+            self._cond.notify_all()
 
     def close(self, timeout: float = 10.0) -> None:
         """Cancel pending timers, finish handed-out work and stop every thread. Idempotent.
@@ -262,7 +278,7 @@ class Scheduler:
                 if not heap:
                     self._cond.wait()
                     continue
-                now = time.monotonic()
+                now = self._clock()
                 if heap[0][0] > now:
                     self._cond.wait(heap[0][0] - now)
                     continue

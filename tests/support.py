@@ -48,3 +48,35 @@ def assert_no_new_threads(before: set[threading.Thread], timeout: float = 1.0) -
             names = sorted(t.name for t in leftover())
             raise AssertionError(f"threads left running: {names}")
         time.sleep(0.02)
+
+
+class FakeClock:
+    """A monotonic clock that moves only when told to: ``advance(seconds)``.
+
+    Pass it as a scheduler's ``clock`` and tell it the scheduler with
+    :meth:`wakes`, so the scheduler's timer looks at the new time after every
+    advance. Thread-safe.
+    """
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self._lock = threading.Lock()
+        self._now = start
+        self._wakers: list[Callable[[], None]] = []
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self._now
+
+    def wakes(self, waker: Callable[[], None]) -> None:
+        """Call ``waker()`` after every advance (a scheduler's ``wake``)."""
+        with self._lock:
+            self._wakers.append(waker)
+
+    def advance(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError("a monotonic clock never goes back")
+        with self._lock:
+            self._now += seconds
+            wakers = list(self._wakers)
+        for wake in wakers:
+            wake()

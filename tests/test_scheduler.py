@@ -11,7 +11,7 @@ import pytest
 
 from polaris_sdk import ClosedError
 from polaris_sdk.scheduler import Scheduler
-from tests.support import wait_until
+from tests.support import FakeClock, wait_until
 
 
 @pytest.fixture
@@ -37,6 +37,36 @@ def test_call_at_uses_the_monotonic_clock(scheduler: Scheduler) -> None:
     handle = scheduler.call_at(time.monotonic() + 0.01, ran.set)
     assert ran.wait(5)
     assert time.monotonic() >= handle.when
+
+
+def test_timers_follow_an_injected_clock(no_thread_leak: None) -> None:
+    clock = FakeClock()
+    s = Scheduler(workers=2, clock=clock)
+    clock.wakes(s.wake)
+    ran: list[str] = []
+    try:
+        # Far enough ahead that only the clock's wake-up, not the timer's own
+        # wait in real time, can run them within the test's deadlines.
+        s.call_later(600, ran.append, "later")
+        handle = s.call_later(60, ran.append, "soon")
+        assert handle.when == clock() + 60
+        assert s.clock is clock
+        # A marker due now proves the timer has looked, and left both waiting.
+        now = threading.Event()
+        s.call_at(clock(), now.set)
+        assert now.wait(5)
+        assert ran == []
+        clock.advance(60)
+        wait_until(lambda: ran == ["soon"])
+        clock.advance(539.9)
+        marker = threading.Event()
+        s.call_at(clock(), marker.set)
+        assert marker.wait(5)
+        assert ran == ["soon"]  # not due yet at 599.9 s
+        clock.advance(0.1)
+        wait_until(lambda: ran == ["soon", "later"])
+    finally:
+        s.close()
 
 
 def test_a_cancelled_task_never_runs(scheduler: Scheduler) -> None:

@@ -49,119 +49,71 @@ from polaris_sdk.model import (
     InstanceRegisterResponse,
 )
 from polaris_sdk.provider.api import validate_instance_key, validate_register
-from polaris_sdk.provider.flow import (
+from polaris_sdk.provider.core import (
     Action,
     RegistrationCore,
     RegistrationState,
     RegistrationStatus,
     Step,
 )
-from polaris_sdk.validation import instance_id
+from polaris_sdk.provider.flow import STATUS_DRAIN_TIMEOUT
+from polaris_sdk.provider.registry import KeyedLocks, Registration, Registry
 
 __all__ = ["AsyncProviderAPI"]
 
 logger = logging.getLogger("polaris_sdk.aio.provider")
 
 FLOW_COMPONENT: Final = "polaris_sdk.aio.AsyncRegisterFlow"
-STATUS_DRAIN_TIMEOUT: Final = 2.0
 
 StatusCallback = Callable[[RegistrationStatus], Any]
+OwnedListener = Callable[[RegistrationStatus, object], Any]
+_Delivery = tuple[RegistrationStatus, object]
 
 
-class _Registration:
-    __slots__ = (
-        "core",
-        "deregister_req",
-        "heartbeat_req",
-        "io",
-        "owner",
-        "stopped",
-        "task",
-        "track",
-    )
+class _AsyncRegistration(Registration):
+    """A registration with the asyncio driver's own state: its task and its I/O lock."""
 
-    def __init__(self, core: RegistrationCore, owner: object, track: bool) -> None:
-        req = core.request
-        key: dict[str, Any] = {
-            "namespace": req.namespace,
-            "service": req.service,
-            "host": req.host,
-            "port": req.port,
-            "instance_id": core.instance_id,
-            "vpc_id": req.vpc_id,
-            "service_token": req.service_token,
-        }
-        self.core = core
-        self.owner = owner
-        self.track = track
-        self.heartbeat_req = InstanceHeartbeatRequest(**key)
-        self.deregister_req = InstanceDeregisterRequest(**key)
+    __slots__ = ("io",)
+
+    def __init__(self, core: RegistrationCore, owner: object, heartbeats: bool) -> None:
+        super().__init__(core, owner, heartbeats)
         self.io = asyncio.Lock()  # held while a heartbeat or re-registration is on the wire
-        self.task: asyncio.Task[None] | None = None
-        self.stopped = False
-
-
-def _address(reg: _Registration) -> tuple[str, str, str, int, str]:
-    r = reg.core.request
-    return (r.namespace, r.service, r.host, r.port, r.vpc_id)
-
-
-class _IdLocks:
-    """One asyncio lock per instance id, dropped when nobody holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, iid: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(iid) or (asyncio.Lock(), 0)
-        self._locks[iid] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[iid]
-            if users <= 1:
-                del self._locks[iid]
-            else:
-                self._locks[iid] = (lock, users - 1)
 
 
 class AsyncRegisterFlow:
-    """Every registration one :class:`AsyncSDKContext` keeps alive."""
+    """Every registration one :class:`AsyncSDKContext` keeps alive.
+
+    The bookkeeping and decisions are the threaded flow's
+    (:class:`~polaris_sdk.provider.registry.Registry`,
+    :class:`~polaris_sdk.provider.registry.KeyedLocks`,
+    :meth:`RegistrationCore.step_done`, :class:`StepReporter`); this class
+    only waits on the loop. One loop serialises every call, so no lock
+    guards the registry; the per-id locks are ``asyncio.Lock``.
+    """
 
     def __init__(self, ctx: AsyncSDKContext) -> None:
         self._ctx = ctx
         self._config: Configuration = ctx.config
         self._connector = ctx.connector
-        self._by_id: dict[str, _Registration] = {}
-        self._locks = _IdLocks()
-        self._listeners: list[
-            tuple[
-                Callable[[RegistrationStatus, object], Any],
-                AsyncMailbox[tuple[RegistrationStatus, object]],
-            ]
-        ] = []
-        self._registering = 0
+        self._registry: Registry[_AsyncRegistration] = Registry()
+        self._id_locks: KeyedLocks[asyncio.Lock] = KeyedLocks(asyncio.Lock)
+        self._listeners: list[tuple[OwnedListener, AsyncMailbox[_Delivery]]] = []
         self._none_registering = asyncio.Event()
         self._none_registering.set()
-        self._closed = False
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self._registry.closed
 
     # ------------------------------------------------------------- listeners
 
-    def add_listener(self, listener: Callable[[RegistrationStatus, object], Any]) -> None:
-        def deliver(item: tuple[RegistrationStatus, object]) -> Any:
+    def add_listener(self, listener: OwnedListener) -> None:
+        def deliver(item: _Delivery) -> Any:
             return listener(*item)
 
         self._listeners.append((listener, AsyncMailbox(self._ctx.loop, deliver)))
 
-    async def remove_listener(
-        self, listener: Callable[[RegistrationStatus, object], Any], drain: float = 0.0
-    ) -> None:
+    async def remove_listener(self, listener: OwnedListener, drain: float = 0.0) -> None:
         found = [m for known, m in self._listeners if known == listener]
         self._listeners = [(k, m) for k, m in self._listeners if k != listener]
         for mailbox in found:
@@ -175,6 +127,15 @@ class AsyncRegisterFlow:
 
     # ----------------------------------------------------------------- calls
 
+    @contextlib.asynccontextmanager
+    async def _instance_lock(self, iid: str) -> AsyncIterator[None]:
+        lock = self._id_locks.enter(iid)
+        try:
+            async with lock:
+                yield
+        finally:
+            self._id_locks.leave(iid)
+
     async def register(
         self,
         req: InstanceRegisterRequest,
@@ -183,17 +144,16 @@ class AsyncRegisterFlow:
         owner: object = None,
         timeout: float | None = None,
     ) -> InstanceRegisterResponse:
-        if self._closed:
-            raise ClosedError("the provider is closed")
         heartbeats = req.enable_health_check
-        iid = req.instance_id or instance_id(
+        registry = self._registry
+        iid = req.instance_id or registry.instance_id_for(
             req.namespace, req.service, req.host, req.port, req.vpc_id
         )
-        self._registering += 1
+        registry.begin_register()
         self._none_registering.clear()
         try:
-            async with self._locks.hold(iid):
-                old = self._by_id.pop(iid, None)
+            async with self._instance_lock(iid):
+                old = registry.untrack(iid)
                 if old is not None:
                     await self._stop(old)
                 try:
@@ -202,7 +162,7 @@ class AsyncRegisterFlow:
                     )
                 except BaseException:
                     if old is not None:
-                        self._resume(old)
+                        await self._resume(old, timeout)
                     raise
                 core = RegistrationCore(
                     resp.instance_id,
@@ -210,19 +170,17 @@ class AsyncRegisterFlow:
                     ttl,
                     max_backoff=self._config.provider.reregister_max_backoff,
                 )
-                reg = _Registration(core, owner, heartbeats)
+                reg = _AsyncRegistration(core, owner, heartbeats)
                 step = core.registered(self._now())
-                if self._closed or getattr(owner, "closed", False) is True:
+                if not registry.track(reg):
                     await self._deregister_quietly(reg, timeout)
                     raise ClosedError(
                         "the provider was closed while registering; deregistered again"
                     )
-                self._by_id[resp.instance_id] = reg
                 if heartbeats:
                     self._start(reg, step)
         finally:
-            self._registering -= 1
-            if not self._registering:
+            if registry.end_register():
                 self._none_registering.set()
         logger.info(
             "registered %s/%s %s:%d as %s (ttl %ss)",
@@ -233,18 +191,18 @@ class AsyncRegisterFlow:
             resp.instance_id,
             ttl if heartbeats else "-",
         )
-        return dataclasses.replace(resp, existed=resp.existed or old is not None)
+        return Registry.answer(resp, old)
 
     async def deregister(
         self, req: InstanceDeregisterRequest, *, timeout: float | None = None
     ) -> None:
         iid = req.instance_id
         if iid is None:
-            address = (req.namespace, req.service, req.host, req.port or 0, req.vpc_id)
-            known = [r.core.instance_id for r in self._by_id.values() if _address(r) == address]
-            iid = known[0] if known else instance_id(*address)
-        async with self._locks.hold(iid):
-            reg = self._by_id.pop(iid, None)
+            iid = self._registry.instance_id_for(
+                req.namespace, req.service, req.host, req.port, req.vpc_id
+            )
+        async with self._instance_lock(iid):
+            reg = self._registry.untrack(iid)
             if reg is not None:
                 await self._stop(reg)
                 if req.instance_id is None:
@@ -253,40 +211,39 @@ class AsyncRegisterFlow:
         logger.info("deregistered %s", iid)
 
     def status(self, iid: str) -> RegistrationStatus | None:
-        reg = self._by_id.get(iid)
+        reg = self._registry.get(iid)
         return reg.core.status() if reg is not None else None
 
     def statuses(self, owner: object = None) -> list[RegistrationStatus]:
-        return [r.core.status() for r in self._by_id.values() if owner is None or r.owner is owner]
+        return [r.core.status() for r in self._registry.owned(owner)]
+
+    def close_budget(self, count: int) -> float:
+        """One ``global.api.timeout`` per thousand instances, as the threaded flow."""
+        return self._config.api.timeout * max(1, math.ceil(count / 1000))
 
     async def close(
         self, *, deregister: bool | None = None, owner: object = None, timeout: float | None = None
     ) -> None:
         if deregister is None:
             deregister = self._config.provider.deregister_on_close
-        if owner is None:
-            if self._closed:
-                return
-            self._closed = True
-        regs = [r for r in self._by_id.values() if owner is None or r.owner is owner]
+        regs = self._registry.close(owner)
+        if regs is None:
+            return
         if timeout is None:
-            timeout = self._config.api.timeout * max(1, math.ceil(len(regs) / 1000))
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+            timeout = self.close_budget(len(regs))
+        deadline = self._now() + timeout
         for reg in regs:
             reg.stopped = True  # no new beat; one in flight ends on its own
         finish = [self._finish(reg, deregister, deadline) for reg in regs]
-        if finish:
-            results = await asyncio.gather(*finish, return_exceptions=True)
-            for result in results:
-                if isinstance(result, BaseException):
-                    logger.error("close: stopping an instance failed", exc_info=result)
+        for result in await asyncio.gather(*finish, return_exceptions=True):
+            if isinstance(result, BaseException):
+                logger.error("close: stopping an instance failed", exc_info=result)
         if owner is None:
             # A registration on the wire deregisters itself once it lands.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
                     self._none_registering.wait(),
-                    max(0.0, deadline - loop.time()) + self._config.api.timeout,
+                    max(0.0, deadline - self._now()) + self._config.api.timeout,
                 )
             for _, mailbox in self._listeners:
                 await mailbox.wait_idle(STATUS_DRAIN_TIMEOUT)
@@ -300,18 +257,18 @@ class AsyncRegisterFlow:
     def _now(self) -> float:
         return asyncio.get_running_loop().time()
 
-    def _start(self, reg: _Registration, step: Step) -> None:
+    def _start(self, reg: _AsyncRegistration, step: Step) -> None:
         reg.stopped = False
-        reg.task = self._ctx.spawn(
-            f"polaris-heartbeat {reg.core.instance_id}", lambda: self._keep(reg, step)
+        reg.handle = self._ctx.spawn(
+            f"polaris-heartbeat {reg.instance_id}", lambda: self._keep(reg, step)
         )
 
-    async def _stop(self, reg: _Registration) -> None:
+    async def _stop(self, reg: _AsyncRegistration) -> None:
         """No more beats from ``reg``; returns once none is in flight."""
         reg.stopped = True
         async with reg.io:
-            task, reg.task = reg.task, None
-            if task is not None and task is not asyncio.current_task():
+            task, reg.handle = reg.handle, None
+            if isinstance(task, asyncio.Task) and task is not asyncio.current_task():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         changed = reg.core.state is not RegistrationState.DEREGISTERED
@@ -319,31 +276,30 @@ class AsyncRegisterFlow:
         if changed:
             self._notify(reg.core.status(), reg.owner)
 
-    def _resume(self, reg: _Registration) -> None:
-        if self._closed:
-            return
+    async def _resume(self, reg: _AsyncRegistration, timeout: float | None) -> None:
+        """Put back the registration a failed re-registration replaced."""
         step = reg.core.registered(self._now())
-        self._by_id[reg.core.instance_id] = reg
-        if reg.track:
+        if not self._registry.track(reg):
+            await self._deregister_quietly(reg, timeout)
+            return
+        if reg.heartbeats:
             self._start(reg, step)
 
-    async def _deregister_quietly(self, reg: _Registration, timeout: float | None) -> None:
+    async def _deregister_quietly(self, reg: Registration, timeout: float | None) -> None:
         try:
             await self._connector.deregister_instance(reg.deregister_req, timeout=timeout)
         except PolarisError as exc:
-            logger.warning("deregistering %s failed: %s", reg.core.instance_id, exc)
+            logger.warning("deregistering %s failed: %s", reg.instance_id, exc)
 
-    async def _finish(self, reg: _Registration, deregister: bool, deadline: float) -> None:
-        iid = reg.core.instance_id
-        async with self._locks.hold(iid):
-            if self._by_id.get(iid) is reg:
-                del self._by_id[iid]
+    async def _finish(self, reg: _AsyncRegistration, deregister: bool, deadline: float) -> None:
+        async with self._instance_lock(reg.instance_id):
+            self._registry.forget(reg)
             await self._stop(reg)
             remaining = deadline - self._now()
             if deregister and remaining > 0:
                 await self._deregister_quietly(reg, remaining)
 
-    async def _keep(self, reg: _Registration, step: Step) -> None:
+    async def _keep(self, reg: _AsyncRegistration, step: Step) -> None:
         """The heartbeat loop of one instance: sleep until the step is due, send it, decide."""
         while not reg.stopped:
             await asyncio.sleep(max(0.0, step.at - self._now()))
@@ -352,7 +308,7 @@ class AsyncRegisterFlow:
                     return
                 step = await self._run(reg, step)
 
-    async def _run(self, reg: _Registration, step: Step) -> Step:
+    async def _run(self, reg: _AsyncRegistration, step: Step) -> Step:
         core = reg.core
         before = core.state
         error: PolarisError | None = None
@@ -368,39 +324,14 @@ class AsyncRegisterFlow:
             logger.exception("%s of %s failed unexpectedly", step.action.value, core.instance_id)
             error = PolarisError(f"unexpected failure: {exc!r}")
         now = self._now()
-        if step.action is Action.HEARTBEAT:
-            nxt = (
-                core.heartbeat_ok(step.at, now)
-                if error is None
-                else core.heartbeat_failed(error, step.at, now)
-            )
-        else:
-            nxt = core.registered(now) if error is None else core.register_failed(error, now)
+        nxt = core.step_done(step, error, now)
         status = core.status()
-        _log_step(step, status, before, nxt, now)
+        line = reg.reporter.report(step, before, status, nxt.at - now)
+        if line is not None:
+            logger.log(line.level, line.message, *line.args)
         if status.state is not before:
             self._notify(status, reg.owner)
         return nxt
-
-
-def _log_step(
-    step: Step, status: RegistrationStatus, before: RegistrationState, nxt: Step, now: float
-) -> None:
-    iid, after = status.instance_id, status.state
-    if step.action is Action.REGISTER and status.last_error is None:
-        logger.warning("re-registered %s", iid)
-    elif after is RegistrationState.REREGISTERING:
-        logger.warning(
-            "%s: %s failed (%s); registering again in %.1fs",
-            iid,
-            step.action.value,
-            status.last_error,
-            max(0.0, nxt.at - now),
-        )
-    elif after is RegistrationState.FAILING and before is not after:
-        logger.warning("%s: heartbeat failed: %s", iid, status.last_error)
-    elif after is RegistrationState.REGISTERED and before is not after:
-        logger.warning("%s: heartbeats succeed again", iid)
 
 
 class AsyncProviderAPI:

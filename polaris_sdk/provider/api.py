@@ -11,7 +11,7 @@ Contract:
   when the server lost it) until ``deregister()`` or ``close()``.
   ``register`` is one-shot: no heartbeats, nothing remembered.
 * ``ProviderAPI(ctx)`` shares a context and its one
-  :class:`~polaris_sdk.provider.heartbeat.RegisterFlow`;
+  :class:`~polaris_sdk.provider.flow.RegisterFlow`;
   ``ProviderAPI.create(...)`` makes and owns a context. ``close()`` is
   idempotent: it stops this facade's heartbeats and deregisters the
   instances it registered with ``register_instance`` (unless
@@ -20,11 +20,11 @@ Contract:
 * Status callbacks (``on_status``) run on the flow's listener threads, one
   at a time, never on the scheduler; ``close()`` waits a bounded time
   (``STATUS_DRAIN_TIMEOUT``) for them to take the last statuses.
-* ``deregister_on_exit()`` installs signal handlers that take no lock (a
-  signal may land while the main thread holds any): the handler only wakes
-  the ``polaris-exit`` thread through a pipe; that thread runs ``close()``
-  and sends the signal again, which then goes to the previous handler on
-  the main thread (with the default one the process ends as it would have).
+* ``deregister_on_exit()`` closes at interpreter exit and on signals
+  (:mod:`polaris_sdk.provider.exit`): handlers that take no lock wake the
+  ``polaris-exit`` thread, which runs ``close()`` and passes the signal on
+  to the previous handler (with the default one the process ends as it
+  would have).
 * Thread-safe. Calls after ``close()`` raise
   :class:`~polaris_sdk.errors.ClosedError`, and so does a
   ``register_instance`` that was still on the wire when ``close()`` ran
@@ -33,15 +33,10 @@ Contract:
 
 from __future__ import annotations
 
-import atexit
-import contextlib
-import logging
-import math
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterable
-from types import FrameType
+from collections.abc import Iterable
 from typing import Any
 
 from polaris_sdk._closing import Closing
@@ -55,19 +50,14 @@ from polaris_sdk.model import (
     InstanceRegisterRequest,
     InstanceRegisterResponse,
 )
-from polaris_sdk.provider.flow import RegistrationStatus
-from polaris_sdk.provider.heartbeat import STATUS_DRAIN_TIMEOUT, RegisterFlow, StatusListener
+from polaris_sdk.provider.core import RegistrationStatus
+from polaris_sdk.provider.exit import ExitHandler, require_main_thread
+from polaris_sdk.provider.flow import STATUS_DRAIN_TIMEOUT, RegisterFlow, StatusListener
 from polaris_sdk.validation import check_instance_key_request, check_register_request
 
 __all__ = ["FLOW_COMPONENT", "ProviderAPI", "validate_instance_key", "validate_register"]
 
-logger = logging.getLogger("polaris_sdk.provider.api")
-
 FLOW_COMPONENT = "polaris_sdk.provider.RegisterFlow"
-EXIT_THREAD = "polaris-exit"
-_STOP_BYTE = b"\0"  # tells the exit thread to end; any other byte is a signal number
-
-_Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 
 validate_register = check_register_request
@@ -98,11 +88,7 @@ class ProviderAPI(Closing):
             self._flow.add_listener(self._filter_status)
         self._lock = threading.Lock()
         self._closed = False
-        self._closed_event = threading.Event()  # set once close() has done its work
-        self._exit_handlers: dict[int, _Handler] = {}
-        self._exit_thread: threading.Thread | None = None
-        self._exit_fd: int | None = None  # write end of the pipe to the exit thread
-        self._exit_done = False  # the exit thread has ended: handlers pass signals on
+        self._exit = ExitHandler(self.close, self._close_bound)
 
     @classmethod
     def create(
@@ -188,7 +174,7 @@ class ProviderAPI(Closing):
             if self._closed:
                 return
             self._closed = True
-        atexit.unregister(self.close)
+        self._exit.closing()
         try:
             if not self._flow.closed:
                 self._flow.close(owner=self)
@@ -201,11 +187,7 @@ class ProviderAPI(Closing):
                 if self._owns_context:
                     self._ctx.close()
             finally:
-                self._closed_event.set()
-                # A signal that came during close() was held until now; from
-                # here on it goes to the previous handler.
-                self._restore_signals()
-                self._stop_exit_thread()
+                self._exit.closed()
 
     def deregister_on_exit(self, signals: Iterable[int] = (signal.SIGTERM,)) -> None:
         """Also ``close()`` (and so deregister) at interpreter exit and on ``signals``.
@@ -213,117 +195,11 @@ class ProviderAPI(Closing):
         Opt-in, because signal handlers belong to the application. Call from
         the main thread. The previous handler still runs after ours, once
         ``close()`` is done; with the default handler the process then ends
-        as it would have.
+        as it would have (see :mod:`polaris_sdk.provider.exit`).
         """
-        if threading.current_thread() is not threading.main_thread():
-            raise RuntimeError(
-                "deregister_on_exit() installs signal handlers: call it from the main thread"
-            )
+        require_main_thread()
         self._check_open()
-        atexit.register(self.close)
-        if self._exit_thread is None:
-            read_fd, self._exit_fd = os.pipe()
-            os.set_blocking(self._exit_fd, False)  # the handler must never block on it
-            self._exit_thread = threading.Thread(
-                target=self._exit_loop, args=(read_fd,), name=EXIT_THREAD, daemon=True
-            )
-            self._exit_thread.start()
-        for sig in signals:
-            if sig not in self._exit_handlers:
-                self._exit_handlers[sig] = signal.getsignal(sig)
-                signal.signal(sig, self._on_signal)
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        # Runs on the main thread between two bytecodes, perhaps while it holds
-        # a lock close() needs, or one inside threading or logging: so no lock,
-        # no thread start, no logging here, only a byte to the exit thread.
-        fd = self._exit_fd
-        if fd is not None and not self._exit_done:
-            try:
-                os.write(fd, bytes([signum]))
-                return
-            except OSError:  # the exit thread has gone: pass the signal on now
-                pass
-        self._pass_signal_on(signum, frame)
-
-    def _pass_signal_on(self, signum: int, frame: FrameType | None) -> None:
-        previous = self._exit_handlers.get(signum)
-        if previous is None:
-            previous = signal.getsignal(signum)
-        self._restore_signals()
-        if callable(previous) and previous != self._on_signal:
-            previous(signum, frame)
-        elif previous in (signal.SIG_DFL, self._on_signal):
-            signal.signal(signum, signal.SIG_DFL)
-            signal.raise_signal(signum)
-
-    def _exit_loop(self, read_fd: int) -> None:
-        """The exit thread: wait for a signal number, close(), then send the signal again."""
-        signum = 0
-        try:
-            data = os.read(read_fd, 1)  # one signal number, the stop byte, or end of file
-            signum = data[0] if data else 0
-            if signum == 0:
-                self._exit_done = True
-                # A handler that looked before the flag was set may have written since.
-                os.set_blocking(read_fd, False)
-                late = os.read(read_fd, 64)
-                signum = next((b for b in late if b), 0)
-        except BlockingIOError:
-            pass
-        except Exception:  # nothing can restart this thread usefully: log it, pass signals on
-            logger.exception("the exit thread failed")
-        finally:
-            self._exit_done = True
-            os.close(read_fd)
-        if not signum:
-            return
-        logger.info("signal %d: closing the provider and deregistering", signum)
-        bound = self._close_bound()
-        try:
-            self.close()
-        except Exception:
-            logger.exception("closing on signal %d failed", signum)
-        # close() may have been running on another thread already: wait for it.
-        if not self._closed_event.wait(bound):
-            logger.warning("signal %d: close() still running; passing the signal on", signum)
-        # To the main thread itself: a process-wide signal may be taken by
-        # another thread and leave the main one asleep. Its handler sees
-        # _exit_done and passes the signal to the previous handler.
-        signal.pthread_kill(threading.main_thread().ident or 0, signum)
-
-    def _close_bound(self) -> float:
-        instances = len(self._flow.statuses(owner=self))
-        api_timeout = self._ctx.config.api.timeout
-        return api_timeout * max(1, math.ceil(instances / 1000)) + STATUS_DRAIN_TIMEOUT + 2.0
-
-    def _stop_exit_thread(self) -> None:
-        thread = self._exit_thread
-        if thread is None or thread is threading.current_thread():
-            return
-        fd = self._exit_fd
-        if fd is not None:
-            # OSError: already gone, or its pipe is full of signals it will handle.
-            with contextlib.suppress(OSError):
-                os.write(fd, _STOP_BYTE)
-        thread.join(self._close_bound())
-        if thread.is_alive():
-            logger.warning("the exit thread did not end")
-
-    def _restore_signals(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        # Restored before forgotten: a signal landing in between still finds
-        # its previous handler.
-        for sig, previous in list(self._exit_handlers.items()):
-            if signal.getsignal(sig) == self._on_signal:
-                signal.signal(sig, previous)
-        self._exit_handlers.clear()
-        # No handler of ours can write to the pipe any more: the exit thread
-        # reads end of file and ends.
-        fd, self._exit_fd = self._exit_fd, None
-        if fd is not None:
-            os.close(fd)
+        self._exit.install(signals)
 
     # ----------------------------------------------------------- internal
 
@@ -332,6 +208,10 @@ class ProviderAPI(Closing):
             raise ClosedError("the ProviderAPI is closed")
         if self._ctx.closed:
             raise ClosedError("the SDKContext is closed")
+
+    def _close_bound(self) -> float:
+        """A liveness bound on close(): its deregistrations, then the listeners' drain."""
+        return self._flow.close_budget(owner=self) + STATUS_DRAIN_TIMEOUT + 2.0
 
     def _filter_status(self, status: RegistrationStatus, owner: object) -> None:
         if owner is self and self._on_status is not None:

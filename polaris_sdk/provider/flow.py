@@ -1,199 +1,386 @@
-"""The decisions of keeping one instance registered, without any I/O.
+"""RegisterFlow: registers instances and keeps them registered, for the threaded front end.
 
 Contract:
 
-* :class:`RegistrationCore` is a state machine fed with outcomes (a
-  registration or a heartbeat succeeded or failed, at time ``now``) that
-  answers with the next :class:`Step`: heartbeat or register again, and when.
-  It never sleeps, sends or logs, so the threaded driver
-  (:mod:`polaris_sdk.provider.heartbeat`) and a later asyncio one share it
-  and its tests need no server.
-* Times are seconds on one monotonic clock chosen by the caller.
-* Not thread-safe: the driver serialises calls for one instance.
-
-The rules (design.md, "Defaults worth keeping"):
-
-* Heartbeats run at a fixed rate of one per TTL, counted from when each was
-  due, so a late one does not shift all that follow.
-* A ``ResourceNotFoundError`` answer means the server has forgotten the
-  instance. After two in a row the instance is registered again, after
-  ``min(ttl * 2^(n-1) + jitter, cap)`` for the n-th re-registration since the
-  last successful heartbeat; jitter is up to half a TTL, so a fleet that lost
-  one server does not come back in lockstep.
-* Any other failure is counted and remembered in the status; heartbeats go
-  on at the same rate. The loop never gives up on its own.
+* ``register()`` sends RegisterInstance and, on success, keeps the
+  instance in the :class:`~polaris_sdk.provider.registry.Registry` and hands
+  it to the :class:`~polaris_sdk.provider.heartbeat.HeartbeatDriver`: a
+  heartbeat every TTL, re-registration when the server lost it. All
+  instances share the context's one scheduler.
+* One id, one registration: operations on one instance id (register,
+  deregister, stop, close) run one at a time under that id's own lock
+  (:class:`~polaris_sdk.provider.registry.KeyedLocks`). No lock shared by
+  unrelated instances is held across network I/O, so a slow or dead server
+  delays only the calls about the same instance. Registering an id again
+  stops the old heartbeats (waiting for one in flight) before the new
+  request is sent, so beats never double and an old request never
+  overwrites the new one. If the new registration fails, the old one goes on.
+* A registration that completes after its owner (or the flow) was closed is
+  not kept: it is deregistered again and ``register()`` raises
+  :class:`~polaris_sdk.errors.ClosedError`, so close() leaves nothing behind.
+  Closing the whole flow waits (bounded) for registrations on the wire, so
+  they can still deregister before the connector goes.
+* ``deregister()`` first stops the instance's heartbeats and waits for any
+  heartbeat or re-registration in flight, then sends DeregisterInstance; no
+  heartbeat can revive the instance after that.
+* Status listeners get each state change through a mailbox of their own
+  (:mod:`polaris_sdk.dispatch`, threads ``polaris-status-N``), never on the
+  scheduler's workers: a slow or stuck listener delays neither heartbeats
+  nor close(), and an exception in one is logged.
+* ``close(deregister=True)`` stops every loop and deregisters every tracked
+  instance in parallel on the scheduler's workers, within
+  :meth:`RegisterFlow.close_budget` (one ``global.api.timeout`` per thousand
+  instances); closing the whole flow then gives the listeners
+  :data:`STATUS_DRAIN_TIMEOUT` seconds to take the last statuses.
+  Deadlines of I/O are in real time, whatever the scheduler's clock.
+  Thread-safe throughout.
 """
 
 from __future__ import annotations
 
-import enum
-import random
-from collections.abc import Callable
-from dataclasses import dataclass
+import dataclasses
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_futures
+from contextlib import contextmanager
+from typing import Final, Protocol
 
-from polaris_sdk.errors import PolarisError, ResourceNotFoundError
-from polaris_sdk.model import InstanceRegisterRequest
+from polaris_sdk.config import Configuration
+from polaris_sdk.connector.base import HeartbeatSender, Registrar
+from polaris_sdk.dispatch import Dispatcher, Mailbox
+from polaris_sdk.errors import ClosedError, PolarisError
+from polaris_sdk.model import (
+    InstanceDeregisterRequest,
+    InstanceRegisterRequest,
+    InstanceRegisterResponse,
+)
+
+# RegistrationState and RegistrationStatus are imported from here too: they
+# lived in this module before the core moved to polaris_sdk.provider.core.
+from polaris_sdk.provider.core import RegistrationCore, RegistrationState, RegistrationStatus
+from polaris_sdk.provider.heartbeat import HeartbeatDriver, ThreadedRegistration
+from polaris_sdk.provider.registry import KeyedLocks, Registry
+from polaris_sdk.scheduler import Scheduler
 
 __all__ = [
-    "NOT_FOUND_THRESHOLD",
-    "Action",
-    "RegistrationCore",
+    "STATUS_DRAIN_TIMEOUT",
+    "OwnedStatusListener",
+    "RegisterFlow",
     "RegistrationState",
     "RegistrationStatus",
-    "Step",
-    "reregister_backoff",
+    "StatusListener",
 ]
 
-NOT_FOUND_THRESHOLD = 2
+logger = logging.getLogger("polaris_sdk.provider.flow")
+
+StatusListener = Callable[[RegistrationStatus], None]
+OwnedStatusListener = Callable[[RegistrationStatus, object], None]
+"""Called with a status and the owner given to :meth:`RegisterFlow.register`."""
+
+STATUS_DRAIN_TIMEOUT: Final = 2.0
+"""Seconds a closing flow (or facade) waits for listeners to take the statuses already posted."""
+STATUS_THREAD: Final = "polaris-status"
+_STATUS_WORKERS: Final = 4
+
+_Delivery = tuple[RegistrationStatus, object]
+_Reg = ThreadedRegistration
 
 
-class RegistrationState(enum.Enum):
-    """Where one registered instance stands."""
-
-    REGISTERED = "registered"
-    """Registered, and the last heartbeat (if any yet) succeeded."""
-    FAILING = "failing"
-    """Heartbeats fail (network, server error); they go on at the same rate."""
-    REREGISTERING = "reregistering"
-    """The server lost the instance, or re-registering failed; a registration is due."""
-    DEREGISTERED = "deregistered"
-    """Stopped by ``deregister()`` or ``close()``; nothing more is sent."""
+class _Connector(Registrar, HeartbeatSender, Protocol):
+    """What the flow calls on the server."""
 
 
-class Action(enum.Enum):
-    HEARTBEAT = "heartbeat"
-    REGISTER = "register"
-
-
-@dataclass(frozen=True, slots=True)
-class Step:
-    """Do ``action`` at time ``at``."""
-
-    action: Action
-    at: float
-
-
-@dataclass(frozen=True, slots=True)
-class RegistrationStatus:
-    """A snapshot of one instance's registration, for users and callbacks."""
-
-    instance_id: str
-    namespace: str
-    service: str
-    host: str
-    port: int
-    ttl: int
-    state: RegistrationState
-    consecutive_failures: int = 0
-    """Failed heartbeats or registrations since the last success."""
-    reregistrations: int = 0
-    """Times the instance was registered again since it was first registered."""
-    last_error: PolarisError | None = None
-    last_success: float | None = None
-    """When (on the driver's clock) a heartbeat or registration last succeeded."""
-
-
-def reregister_backoff(ttl: float, attempt: int, jitter: float, cap: float) -> float:
-    """Seconds before re-registration number ``attempt`` (1-based)."""
-    exponent = min(max(attempt, 1) - 1, 32)
-    return float(min(ttl * (1 << exponent) + jitter, cap))
-
-
-class RegistrationCore:
-    """The state machine of one instance; see the module docstring."""
+class RegisterFlow:
+    """Registration, heartbeats and deregistration of many instances; see the module doc."""
 
     def __init__(
         self,
-        instance_id: str,
-        request: InstanceRegisterRequest,
+        connector: _Connector,
+        scheduler: Scheduler,
+        config: Configuration,
+    ) -> None:
+        self._connector = connector
+        self._scheduler = scheduler
+        self._config = config
+        self._lock = threading.Lock()  # guards the registry and id locks; never held across I/O
+        self._registry: Registry[_Reg] = Registry()
+        self._id_locks: KeyedLocks[threading.Lock] = KeyedLocks(threading.Lock)
+        self._registered_all = threading.Condition(self._lock)  # no register() in flight
+        self._listeners: list[tuple[OwnedStatusListener, Mailbox[_Delivery]]] = []
+        self._dispatcher = Dispatcher(STATUS_THREAD, max_workers=_STATUS_WORKERS)
+        self._driver = HeartbeatDriver(connector, scheduler, config.api.timeout, self._notify)
+
+    # -------------------------------------------------------------- public
+
+    @property
+    def closed(self) -> bool:
+        return self._registry.closed
+
+    def add_listener(self, listener: OwnedStatusListener) -> None:
+        def deliver(item: _Delivery) -> None:
+            listener(*item)
+
+        mailbox = self._dispatcher.mailbox(deliver, f"status listener {listener!r}")
+        with self._lock:
+            self._listeners.append((listener, mailbox))
+
+    def remove_listener(self, listener: OwnedStatusListener, *, drain: float = 0.0) -> None:
+        """Stop calling ``listener``; wait up to ``drain`` seconds for what was posted to it."""
+        with self._lock:
+            found = [m for known, m in self._listeners if known == listener]
+            self._listeners = [(k, m) for k, m in self._listeners if k != listener]
+        for mailbox in found:
+            if drain > 0 and not self.closed and not mailbox.wait_idle(drain):
+                logger.warning(
+                    "a status listener is still busy after %.1fs; its queued statuses are dropped",
+                    drain,
+                )
+            mailbox.close()
+
+    def register(
+        self,
+        req: InstanceRegisterRequest,
         ttl: int,
         *,
-        max_backoff: float = 60.0,
-        random_fraction: Callable[[], float] = random.random,
-    ) -> None:
-        self.instance_id = instance_id
-        self.request = request
-        self.ttl = ttl
-        self._max_backoff = max_backoff
-        self._random = random_fraction
-        self.state = RegistrationState.REGISTERED
-        self._not_found = 0
-        self._failures = 0
-        self._attempts = 0  # re-registrations since the last successful heartbeat
-        self._reregistrations = 0
-        self._last_error: PolarisError | None = None
-        self._last_success: float | None = None
+        owner: object = None,
+        timeout: float | None = None,
+    ) -> InstanceRegisterResponse:
+        """Register ``req`` and keep it registered until deregistered or closed.
 
-    # ------------------------------------------------------------ outcomes
-
-    def registered(self, now: float) -> Step:
-        """The registration (first or again) succeeded at ``now``."""
-        if self.state is RegistrationState.REREGISTERING:
-            self._reregistrations += 1
-        self.state = RegistrationState.REGISTERED
-        self._not_found = 0
-        self._failures = 0
-        self._last_error = None
-        self._last_success = now
-        return Step(Action.HEARTBEAT, now + self.ttl)
-
-    def register_failed(self, error: PolarisError, now: float) -> Step:
-        """A re-registration failed; try again after a longer backoff."""
-        self._failures += 1
-        self._last_error = error
-        return self._reregister(now)
-
-    def heartbeat_ok(self, due: float, now: float) -> Step:
-        self.state = RegistrationState.REGISTERED
-        self._not_found = 0
-        self._failures = 0
-        self._attempts = 0
-        self._last_error = None
-        self._last_success = now
-        return self._next_beat(due, now)
-
-    def heartbeat_failed(self, error: PolarisError, due: float, now: float) -> Step:
-        self._failures += 1
-        self._last_error = error
-        if isinstance(error, ResourceNotFoundError):
-            self._not_found += 1
-            if self._not_found >= NOT_FOUND_THRESHOLD:
-                return self._reregister(now)
-        else:
-            self._not_found = 0
-        self.state = RegistrationState.FAILING
-        return self._next_beat(due, now)
-
-    def stop(self) -> None:
-        self.state = RegistrationState.DEREGISTERED
-
-    # -------------------------------------------------------------- views
-
-    def status(self) -> RegistrationStatus:
-        req = self.request
-        return RegistrationStatus(
-            instance_id=self.instance_id,
-            namespace=req.namespace,
-            service=req.service,
-            host=req.host,
-            port=req.port,
-            ttl=self.ttl,
-            state=self.state,
-            consecutive_failures=self._failures,
-            reregistrations=self._reregistrations,
-            last_error=self._last_error,
-            last_success=self._last_success,
+        ``existed`` in the answer is true when this flow already had the
+        instance registered (the new request replaced it) or the server
+        answered ExistedResource.
+        """
+        heartbeats = req.enable_health_check
+        iid = req.instance_id or self._id_for(
+            req.namespace, req.service, req.host, req.port, req.vpc_id
         )
+        with self._in_flight(), self._instance_lock(iid):
+            old = self._untrack(iid)
+            if old is not None:
+                self._driver.stop(old)
+            try:
+                resp = self._connector.register_instance(
+                    req, ttl if heartbeats else None, timeout=timeout
+                )
+            except BaseException:
+                if old is not None:
+                    self._resume(old, timeout)
+                raise
+            core = RegistrationCore(
+                resp.instance_id,
+                req,
+                ttl,
+                max_backoff=self._config.provider.reregister_max_backoff,
+            )
+            reg = ThreadedRegistration(core, owner, heartbeats)
+            step = self._driver.registered(reg)
+            if not self._track(reg):
+                # close() ran while the request was on the wire and could not
+                # see this instance: take it off the server again ourselves.
+                self._deregister_quietly(reg, timeout)
+                raise ClosedError("the provider was closed while registering; deregistered again")
+            if heartbeats:
+                self._driver.start(reg, step)
+        logger.info(
+            "registered %s/%s %s:%d as %s (ttl %ss)",
+            req.namespace,
+            req.service,
+            req.host,
+            req.port,
+            resp.instance_id,
+            ttl if heartbeats else "-",
+        )
+        return Registry.answer(resp, old)
 
-    # ----------------------------------------------------------- internal
+    def deregister(self, req: InstanceDeregisterRequest, *, timeout: float | None = None) -> None:
+        """Stop the instance's heartbeats (if tracked), then deregister it."""
+        iid = req.instance_id
+        if iid is None:
+            iid = self._id_for(req.namespace, req.service, req.host, req.port, req.vpc_id)
+        with self._instance_lock(iid):
+            reg = self._untrack(iid)
+            if reg is not None:
+                self._driver.stop(reg)
+                if req.instance_id is None:
+                    # Name the tracked id: the instance may have been
+                    # registered with an id of its own.
+                    req = dataclasses.replace(req, instance_id=iid)
+            self._connector.deregister_instance(req, timeout=timeout)
+        logger.info("deregistered %s", iid)
 
-    def _next_beat(self, due: float, now: float) -> Step:
-        return Step(Action.HEARTBEAT, max(due + self.ttl, now))
+    def stop(self, instance_id: str) -> bool:
+        """Stop heartbeating ``instance_id`` without deregistering it; True if it was tracked."""
+        with self._instance_lock(instance_id):
+            reg = self._untrack(instance_id)
+            if reg is None:
+                return False
+            self._driver.stop(reg)
+            return True
 
-    def _reregister(self, now: float) -> Step:
-        self.state = RegistrationState.REREGISTERING
-        self._not_found = 0
-        self._attempts += 1
-        jitter = self._random() * self.ttl / 2
-        delay = reregister_backoff(self.ttl, self._attempts, jitter, self._max_backoff)
-        return Step(Action.REGISTER, now + delay)
+    def status(self, instance_id: str) -> RegistrationStatus | None:
+        with self._lock:
+            reg = self._registry.get(instance_id)
+        if reg is None:
+            return None
+        with reg.lock:
+            return reg.core.status()
+
+    def statuses(self, owner: object = None) -> list[RegistrationStatus]:
+        """Every tracked instance (only ``owner``'s when given)."""
+        with self._lock:
+            regs = self._registry.owned(owner)
+        result = []
+        for reg in regs:
+            with reg.lock:
+                result.append(reg.core.status())
+        return result
+
+    def close_budget(self, owner: object = None) -> float:
+        """Seconds close() gives the deregistrations of ``owner``'s (or all) instances."""
+        with self._lock:
+            count = len(self._registry.owned(owner))
+        return self._budget(count)
+
+    def close(
+        self, *, deregister: bool | None = None, owner: object = None, timeout: float | None = None
+    ) -> None:
+        """Stop the instances (``owner``'s, or all and the flow) and deregister them.
+
+        ``deregister`` defaults to ``provider.deregisterOnClose``; the
+        deregistrations take at most ``timeout`` (default: :meth:`close_budget`).
+        """
+        if deregister is None:
+            deregister = self._config.provider.deregister_on_close
+        with self._lock:
+            regs = self._registry.close(owner)
+        if regs is None:
+            return
+        budget = self._budget(len(regs)) if timeout is None else timeout
+        deadline = time.monotonic() + budget
+        # Stop every timer before queueing the deregistrations: heartbeats
+        # already handed to the workers then end at once instead of holding,
+        # each for a whole call timeout when the server does not answer, the
+        # workers the deregistrations wait for.
+        for reg in regs:
+            self._driver.halt(reg)
+        futures: list[Future[None]] = []
+        for reg in regs:
+            try:
+                futures.append(self._scheduler.submit(self._finish, reg, deregister, deadline))
+            except ClosedError:  # no workers (the interpreter is exiting): one by one
+                self._finish(reg, deregister, deadline)
+        done, not_done = wait_futures(futures, timeout=budget + 1.0)
+        for future in done:
+            if future.exception() is not None:
+                logger.error("close: stopping an instance failed", exc_info=future.exception())
+        if not_done:
+            logger.warning("close: %d instances not deregistered in time", len(not_done))
+        if owner is None:
+            # A registration on the wire takes up to one api.timeout, then
+            # deregisters itself (see register()).
+            self._await_registrations(deadline + self._config.api.timeout)
+            self._close_listeners()
+
+    # ------------------------------------------------------------ internal
+
+    def _budget(self, instances: int) -> float:
+        # One api.timeout per thousand instances: enough to deregister a
+        # large fleet one by one, and still bounded when the server is gone.
+        return self._config.api.timeout * max(1, math.ceil(instances / 1000))
+
+    @contextmanager
+    def _in_flight(self) -> Iterator[None]:
+        """Count a register() call, refused once the flow is closed."""
+        with self._lock:
+            self._registry.begin_register()
+        try:
+            yield
+        finally:
+            with self._lock:
+                if self._registry.end_register():
+                    self._registered_all.notify_all()
+
+    def _await_registrations(self, deadline: float) -> None:
+        with self._lock:
+            while self._registry.registering:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    logger.warning(
+                        "close: %d registrations still on the wire", self._registry.registering
+                    )
+                    return
+                self._registered_all.wait(remaining)
+
+    @contextmanager
+    def _instance_lock(self, iid: str) -> Iterator[None]:
+        """Serialise the calls about one instance id; other ids never wait on it."""
+        with self._lock:
+            lock = self._id_locks.enter(iid)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._lock:
+                self._id_locks.leave(iid)
+
+    def _id_for(self, namespace: str, service: str, host: str, port: int | None, vpc: str) -> str:
+        with self._lock:
+            return self._registry.instance_id_for(namespace, service, host, port, vpc)
+
+    def _track(self, reg: _Reg) -> bool:
+        with self._lock:
+            return self._registry.track(reg)
+
+    def _untrack(self, iid: str) -> _Reg | None:
+        with self._lock:
+            return self._registry.untrack(iid)
+
+    def _resume(self, reg: _Reg, timeout: float | None) -> None:
+        """Put back the registration a failed re-registration replaced."""
+        step = self._driver.registered(reg)
+        if not self._track(reg):
+            self._driver.halt(reg)
+            self._deregister_quietly(reg, timeout)
+            return
+        if reg.heartbeats:
+            self._driver.start(reg, step)
+
+    def _deregister_quietly(self, reg: _Reg, timeout: float | None) -> None:
+        try:
+            self._connector.deregister_instance(reg.deregister_req, timeout=timeout)
+        except PolarisError as exc:
+            logger.warning("deregistering %s failed: %s", reg.instance_id, exc)
+
+    def _finish(self, reg: _Reg, deregister: bool, deadline: float) -> None:
+        with self._instance_lock(reg.instance_id):
+            with self._lock:
+                self._registry.forget(reg)
+            self._driver.stop(reg)
+            remaining = deadline - time.monotonic()
+            if deregister and remaining > 0:
+                self._deregister_quietly(reg, remaining)
+
+    def _close_listeners(self) -> None:
+        deadline = time.monotonic() + STATUS_DRAIN_TIMEOUT
+        with self._lock:
+            mailboxes = [m for _, m in self._listeners]
+            self._listeners.clear()
+        for mailbox in mailboxes:
+            if not mailbox.wait_idle(max(0.0, deadline - time.monotonic())):
+                logger.warning(
+                    "a status listener is still busy after %.1fs; its queued statuses are dropped",
+                    STATUS_DRAIN_TIMEOUT,
+                )
+        # Idle threads leave at once; one stuck in a listener is logged and left.
+        self._dispatcher.close(max(0.2, deadline - time.monotonic()))
+
+    def _notify(self, status: RegistrationStatus, owner: object) -> None:
+        with self._lock:
+            mailboxes = [m for _, m in self._listeners]
+        for mailbox in mailboxes:
+            mailbox.post((status, owner))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
+from collections import Counter
 from collections.abc import Callable
 
 import pytest
@@ -23,8 +26,8 @@ from polaris_sdk.server import PolarisServer
 from polaris_sdk.server.auth import Action
 from polaris_sdk.validation import instance_id
 from tests.connector.servers import RecordingAuthorizer, address_of, unused_port
-from tests.provider.conftest import listed
-from tests.support import wait_until
+from tests.provider.conftest import advance_until, listed
+from tests.support import FakeClock, wait_until
 
 
 def echo(port: int = 8080, service: str = "echo", **fields: object) -> InstanceRegisterRequest:
@@ -91,7 +94,11 @@ def test_heartbeats_keep_it_healthy_beyond_three_ttl(
 
 
 def test_server_restarted_empty_on_the_same_port_reregisters_by_itself(
-    server: PolarisServer, config: Configuration, observer: SDKContext
+    server: PolarisServer,
+    config: Configuration,
+    observer: SDKContext,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     seen: list[RegistrationStatus] = []
     with ProviderAPI.create(config, on_status=seen.append) as provider:
@@ -102,20 +109,30 @@ def test_server_restarted_empty_on_the_same_port_reregisters_by_itself(
         server.start()
         assert (server.grpc_address, server.http_address) == addresses
         assert iid not in listed(observer)
-        wait_until(lambda: iid in listed(observer), timeout=20, interval=0.05)
-        wait_until(lambda: (provider.status(iid) or seen[-1]).reregistrations >= 1)
+        with caplog.at_level(logging.INFO, logger="polaris_sdk.provider"):
+            # Two NotFound heartbeats, then the backoff: a few TTLs of fake time.
+            advance_until(clock, lambda: iid in listed(observer), step=1)
+            wait_until(lambda: (provider.status(iid) or seen[-1]).reregistrations >= 1)
         states = [s.state for s in seen]
         assert RegistrationState.REREGISTERING in states
         wait_until(lambda: seen and seen[-1].state is RegistrationState.REGISTERED)
+    # The recovery is logged at the level of the failure it ends.
+    failed = [r.levelno for r in caplog.records if "registering again" in r.getMessage()]
+    recovered = [r.levelno for r in caplog.records if r.getMessage().startswith("re-registered")]
+    assert failed and set(failed) == {logging.WARNING}
+    assert recovered and set(recovered) == {logging.WARNING}
 
 
 def test_first_address_dead_registers_and_beats_through_the_second(
-    make_config: Callable[..., Configuration], address: str, authorizer: RecordingAuthorizer
+    make_config: Callable[..., Configuration],
+    address: str,
+    authorizer: RecordingAuthorizer,
+    clock: FakeClock,
 ) -> None:
     config = make_config(f"127.0.0.1:{unused_port()}", address)
     with ProviderAPI.create(config) as provider:
         provider.register_instance(echo(ttl=1))
-        wait_until(lambda: beats(authorizer, "echo") >= 2, timeout=10)
+        advance_until(clock, lambda: beats(authorizer, "echo") >= 2, step=1)
 
 
 def test_server_down_at_start_gives_a_clear_error(
@@ -346,27 +363,34 @@ def test_close_can_keep_the_instances_registered(
 
 
 def test_deregister_stops_heartbeats_and_none_revives_it(
-    provider: ProviderAPI, observer: SDKContext, authorizer: RecordingAuthorizer
+    clock: FakeClock, provider: ProviderAPI, observer: SDKContext, authorizer: RecordingAuthorizer
 ) -> None:
     gone = provider.register_instance(echo(service="gone", ttl=1)).instance_id
     provider.register_instance(echo(service="control", ttl=1))
-    wait_until(lambda: beats(authorizer, "gone") >= 1, timeout=10)
+    advance_until(clock, lambda: beats(authorizer, "gone") >= 1, step=1)
     provider.deregister(InstanceDeregisterRequest(service="gone", host="127.0.0.1", port=8080))
     after = len(authorizer.actions(service="gone"))
     assert provider.status(gone) is None
     control = beats(authorizer, "control")
-    wait_until(lambda: beats(authorizer, "control") >= control + 3, timeout=10)
+    # Three TTLs on: a timer of the deregistered instance would have fired.
+    advance_until(clock, lambda: beats(authorizer, "control") >= control + 3, step=1)
     assert len(authorizer.actions(service="gone")) == after  # not one request since
     assert listed(observer, "gone") == {}
 
 
 def test_registering_again_replaces_the_request_without_doubling_beats(
-    provider: ProviderAPI, observer: SDKContext
+    clock: FakeClock, provider: ProviderAPI, observer: SDKContext, authorizer: RecordingAuthorizer
 ) -> None:
     first = provider.register_instance(echo(metadata={"v": "1"}, ttl=1))
     second = provider.register_instance(echo(metadata={"v": "2"}, ttl=1))
     assert first.instance_id == second.instance_id
+    # Time stands still, so no beat is in flight: one timer, the new chain's.
     assert provider.context.scheduler.pending == 1
+    for n in range(1, 4):
+        clock.advance(1)
+        wait_until(lambda n=n: beats(authorizer, "echo") >= n)
+    wait_until(lambda: provider.context.scheduler.pending == 1)
+    assert beats(authorizer, "echo") == 3  # one per TTL, not two
     assert len(provider.registrations()) == 1
     assert dict(listed(observer)[first.instance_id].metadata) == {"v": "2"}
 
@@ -382,20 +406,25 @@ def test_deregister_by_address_finds_an_instance_with_its_own_id(
 
 
 def test_failures_are_visible_in_the_status_and_the_callback(
-    no_thread_leak: None, make_config: Callable[..., Configuration], transport: str
+    no_thread_leak: None,
+    make_config: Callable[..., Configuration],
+    transport: str,
+    clock: FakeClock,
 ) -> None:
     seen: list[RegistrationStatus] = []
     with PolarisServer(grpc_port=0, health_check=False) as server:
         config = make_config(address_of(server, transport))
         with ProviderAPI.create(config, on_status=seen.append) as provider:
             iid = provider.register_instance(echo(ttl=1)).instance_id
-            wait_until(lambda: seen, timeout=10)
+            advance_until(clock, lambda: seen, step=1)
             status = provider.status(iid)
             assert status is not None
             assert status.state is RegistrationState.FAILING
             assert isinstance(status.last_error, HealthCheckDisabledError)
             assert seen[0].state is RegistrationState.FAILING
-            wait_until(lambda: (provider.status(iid) or status).consecutive_failures >= 2)
+            advance_until(
+                clock, lambda: (provider.status(iid) or status).consecutive_failures >= 2, step=1
+            )
     assert seen[-1].state is RegistrationState.DEREGISTERED
 
 
@@ -414,34 +443,58 @@ def test_facades_sharing_a_context(config: Configuration, observer: SDKContext) 
         two.register_instance(echo(3))
 
 
+def beats_per_service(authorizer: RecordingAuthorizer) -> Counter[str]:
+    return Counter(r.service for r in authorizer.actions(Action.HEARTBEAT))
+
+
+def least_beats(authorizer: RecordingAuthorizer, services: list[str]) -> int:
+    counted = beats_per_service(authorizer)
+    return min(counted[s] for s in services)
+
+
 def test_a_thousand_instances_through_one_provider_stay_healthy(
     make_config: Callable[..., Configuration],
     address: str,
     observer: SDKContext,
     authorizer: RecordingAuthorizer,
 ) -> None:
-    count, ttl = 1000, 2
+    # Real time: staying healthy at the server (3 x TTL) is what is tested.
+    # Each instance has a service of its own, so the server's record of
+    # heartbeats counts them per instance.
+    count, ttl = 1000, 3
+    fleet = [f"fleet-{n}" for n in range(count)]
     # close() deregisters the thousand within one api.timeout. Over HTTP to a
     # server in this process (one GIL) that is ~1 s on an idle two-core machine;
-    # the margin is for a busy one.
-    config = make_config(address, **{"global.scheduler.workers": 8, "global.api.timeout": "5s"})
+    # the margin is for one where another job takes a core.
+    config = make_config(address, **{"global.scheduler.workers": 8, "global.api.timeout": "10s"})
     with ProviderAPI.create(config) as provider:
-        for port in range(count):
-            provider.register_instance(echo(10000 + port, service="fleet", ttl=ttl))
-        # Exactly one timer per instance: a doubled heartbeat chain would keep
-        # the count above ``count`` for good; one in flight only dips it.
-        wait_until(lambda: provider.context.scheduler.pending == count, timeout=10)
+        started: dict[str, float] = {}
+        for n, service in enumerate(fleet):
+            started[service] = time.monotonic()
+            provider.register_instance(echo(10000 + n, service=service, ttl=ttl))
         sdk_threads = [
             t
             for t in threading.enumerate()
             if t.name.startswith("polaris-") and not t.name.startswith("polaris-http")
         ]
         assert len(sdk_threads) < 20  # the server's HTTP workers are not the provider's
-        # Four beats each: past 3 x TTL since the last registration.
-        wait_until(lambda: beats(authorizer, "fleet") >= 4 * count, timeout=40, interval=0.2)
-        instances = listed(observer, "fleet")
-        assert len(instances) == count
-        unhealthy = [i.port for i in instances.values() if not i.healthy]
+        # Four beats each: past 3 x TTL since its registration.
+        wait_until(lambda: least_beats(authorizer, fleet) >= 4, timeout=90, interval=0.2)
+        counted = beats_per_service(authorizer)
+        now = time.monotonic()
+        # One chain per instance: its k-th beat is due k TTLs after the
+        # registration at the earliest, however late it runs, so by now no
+        # instance can have more. A second chain would double its count.
+        over = {s: counted[s] for s in fleet if counted[s] > (now - started[s]) // ttl}
+        assert over == {}
+        # Listed once each, and healthy.
+        health = {s: [i.healthy for i in listed(observer, s).values()] for s in fleet}
+        unhealthy = [s for s in fleet if health[s] != [True]]
         assert unhealthy == []
-        assert all(s.state is RegistrationState.REGISTERED for s in provider.registrations())
-    assert listed(observer, "fleet") == {}
+        statuses = provider.registrations()
+        assert len(statuses) == count
+        assert all(s.state is RegistrationState.REGISTERED for s in statuses)
+    # Each deregistered once, and gone from the server (a sample, to keep it quick).
+    deregistered = Counter(r.service for r in authorizer.actions(Action.DEREGISTER))
+    assert [s for s in fleet if deregistered[s] != 1] == []
+    assert [s for s in fleet[::10] if listed(observer, s)] == []

@@ -1,16 +1,21 @@
-"""RegistrationCore: the I/O-free decisions of the heartbeat loop."""
+"""RegistrationCore and StepReporter: the I/O-free decisions of the heartbeat loop."""
 
 from __future__ import annotations
+
+import logging
 
 import pytest
 
 from polaris_sdk.errors import NetworkError, ResourceNotFoundError, ServerInternalError
 from polaris_sdk.model import InstanceRegisterRequest
-from polaris_sdk.provider.flow import (
+from polaris_sdk.provider.core import (
+    FAILURE_LEVEL,
     Action,
+    LogLine,
     RegistrationCore,
     RegistrationState,
     Step,
+    StepReporter,
     reregister_backoff,
 )
 
@@ -133,3 +138,52 @@ def test_stop_is_final_state() -> None:
 )
 def test_reregister_backoff(ttl: int, attempt: int, jitter: float, expected: float) -> None:
     assert reregister_backoff(ttl, attempt, jitter, 60.0) == expected
+
+
+def test_step_done_feeds_the_outcome_of_either_action() -> None:
+    c = core(ttl=5)
+    c.registered(0.0)
+    assert c.step_done(Step(Action.HEARTBEAT, 5.0), None, 5.1) == Step(Action.HEARTBEAT, 10.0)
+    c.step_done(Step(Action.HEARTBEAT, 10.0), NOT_FOUND, 10.0)
+    again = c.step_done(Step(Action.HEARTBEAT, 15.0), NOT_FOUND, 15.0)
+    assert again.action is Action.REGISTER
+    failed = c.step_done(again, NetworkError("down"), again.at)
+    assert failed.action is Action.REGISTER and c.state is RegistrationState.REREGISTERING
+    assert c.step_done(failed, None, 40.0) == Step(Action.HEARTBEAT, 45.0)
+    assert c.status().reregistrations == 1
+
+
+def test_a_recovery_is_reported_at_the_level_of_its_failure() -> None:
+    c, reporter = core(ttl=5), StepReporter()
+    c.registered(0.0)
+
+    def report(step: Step, error: Exception | None, now: float) -> LogLine | None:
+        before = c.state
+        nxt = c.step_done(step, error, now)  # type: ignore[arg-type]
+        return reporter.report(step, before, c.status(), nxt.at - now)
+
+    assert report(Step(Action.HEARTBEAT, 5.0), None, 5.0) is None  # all is well: silence
+    failed = report(Step(Action.HEARTBEAT, 10.0), NetworkError("down"), 10.0)
+    assert failed is not None and failed.level == FAILURE_LEVEL == logging.WARNING
+    assert report(Step(Action.HEARTBEAT, 15.0), NetworkError("down"), 15.0) is None  # not again
+    recovered = report(Step(Action.HEARTBEAT, 20.0), None, 20.0)
+    assert recovered is not None and recovered.level == logging.WARNING
+    assert "succeed again" in recovered.message % recovered.args
+    report(Step(Action.HEARTBEAT, 25.0), NOT_FOUND, 25.0)
+    lost = report(Step(Action.HEARTBEAT, 30.0), NOT_FOUND, 30.0)
+    assert lost is not None and lost.level == logging.WARNING
+    back = report(Step(Action.REGISTER, 36.0), None, 36.0)
+    assert back is not None and back.level == logging.WARNING
+    assert back.message % back.args == "re-registered id-1"
+
+
+def test_failures_are_reported_again_every_tenth_time() -> None:
+    c, reporter = core(ttl=1), StepReporter()
+    c.registered(0.0)
+    lines = []
+    for n in range(1, 21):
+        before = c.state
+        step = Step(Action.HEARTBEAT, float(n))
+        nxt = c.step_done(step, NetworkError("down"), float(n))
+        lines.append(reporter.report(step, before, c.status(), nxt.at - n))
+    assert [n for n, line in enumerate(lines, 1) if line is not None] == [1, 10, 20]
