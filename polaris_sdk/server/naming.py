@@ -58,6 +58,7 @@ __all__ = [
     "NamingService",
     "RequestContext",
     "ServerFaults",
+    "StoreFailure",
     "code_info",
     "discover_response",
     "instance_to_wire",
@@ -276,6 +277,17 @@ def _validate_registration(instance: Any) -> None:
     )
 
 
+def registration_id(instance: Any) -> str:
+    """The id a (valid) registration gets: given, or computed from its fields."""
+    return str(instance.id.value) or validation.instance_id(
+        instance.namespace.value,
+        instance.service.value,
+        instance.host.value,
+        instance.port.value,
+        instance.vpc_id.value,
+    )
+
+
 def _instance_key(instance: Any) -> str:
     """The id a deregistration or heartbeat names: given, or computed from the four fields."""
     if instance.HasField("id"):
@@ -288,7 +300,7 @@ def _instance_key(instance: Any) -> str:
     return validation.instance_id(namespace, service, host, port, instance.vpc_id.value)
 
 
-class _StoreFailure(Exception):
+class StoreFailure(Exception):
     """A store plugin call failed: the request is answered 500001 StoreLayerException."""
 
 
@@ -300,12 +312,12 @@ plugin) or the file system under it. Any other exception is a bug, answered
 
 @contextlib.contextmanager
 def _store_layer(what: str) -> Iterator[None]:
-    """Turn a storage failure inside the store plugin into :class:`_StoreFailure`, logged."""
+    """Turn a storage failure inside the store plugin into :class:`StoreFailure`, logged."""
     try:
         yield
     except STORE_ERRORS as exc:
         log.exception("store failure in %s; answering StoreLayerException", what)
-        raise _StoreFailure(what) from exc
+        raise StoreFailure(what) from exc
 
 
 class _BoundedCounter:
@@ -402,9 +414,7 @@ class NamingService:
             return response(err.code, _failure(err), instance=_echo(instance))
         namespace = instance.namespace.value
         service = instance.service.value
-        instance_id = instance.id.value or validation.instance_id(
-            namespace, service, instance.host.value, instance.port.value, instance.vpc_id.value
-        )
+        instance_id = registration_id(instance)
         now = self._wall()
 
         def build(old: InstanceRecord | None) -> InstanceRecord:
@@ -419,7 +429,7 @@ class NamingService:
                 break
             except LookupError:
                 continue  # cleared between creating the service and writing: create again
-            except _StoreFailure:
+            except StoreFailure:
                 return response(wire.Code.StoreLayerException, instance=_echo(instance))
         else:
             return response(wire.Code.StoreLayerException, instance=_echo(instance))
@@ -496,12 +506,31 @@ class NamingService:
         try:
             with _store_layer("deregister"):
                 removed = self.store.delete_instance(instance_id)
-        except _StoreFailure:
+        except StoreFailure:
             return response(wire.Code.StoreLayerException, instance=_echo(instance))
         self.heartbeats.forget(instance_id)
         if removed is not None:
             log.debug("deregistered instance %s (request %s)", instance_id, ctx.request_id or "-")
         return response(wire.Code.ExecuteSuccess, instance=_key_instance(instance_id, instance))
+
+    def stored_target(self, instance: Any, *, register: bool) -> InstanceRecord | None:
+        """The stored instance a register (or deregister / heartbeat) request acts on.
+
+        None when the request names no valid id or no such instance is stored.
+        The auth filter authorises against the namespace of this record, since
+        an id (a SHA-1 of public fields) may name an instance anywhere. Raises
+        :class:`StoreFailure` when the store cannot be read.
+        """
+        try:
+            if register:
+                _validate_registration(instance)
+                instance_id = registration_id(instance)
+            else:
+                instance_id = _instance_key(instance)
+        except ValidationError:
+            return None
+        with _store_layer("lookup"):
+            return self.store.get_instance(instance_id)
 
     # ------------------------------------------------------------ heartbeat
 
@@ -522,7 +551,7 @@ class NamingService:
         try:
             with _store_layer("heartbeat"):
                 known = self.store.get_instance(instance_id) is not None
-        except _StoreFailure:
+        except StoreFailure:
             return response(wire.Code.StoreLayerException, instance=key)
         if not known:
             # A real server forgives a few beats that overtake the registration
@@ -572,7 +601,7 @@ class NamingService:
                 return self._discover_instances(request, only_healthy)
             if kind == _SERVICES:
                 return self._discover_services(request)
-        except _StoreFailure:
+        except StoreFailure:
             echo = _echo_service(request.service) if request.HasField("service") else None
             return discover_response(wire.Code.StoreLayerException, kind, echo)
         if kind in _RULE_TYPES:
