@@ -61,6 +61,7 @@ __all__ = [
     "StoreFailure",
     "code_info",
     "discover_response",
+    "discovered_instance",
     "instance_to_wire",
     "response",
 ]
@@ -83,6 +84,9 @@ _REQ = wire.DISCOVER_REQUEST_TYPE.values_by_name
 _RESP = wire.DISCOVER_RESPONSE_TYPE.values_by_name
 _INSTANCE = _REQ["INSTANCE"].number
 _SERVICES = _REQ["SERVICES"].number
+_ROUTING = _REQ["ROUTING"].number
+NO_RULES_REVISION: Final = hashlib.sha1(b"").hexdigest()
+"""The revision of an empty rule set (a real server's composite revision of nothing)."""
 # Rule types a real server answers from its rule caches; this server has no
 # rules, so a valid request gets success with nothing in it.
 _RULE_TYPES: Final = frozenset(
@@ -182,6 +186,15 @@ def _echo(instance: Any) -> Any:
     return echo
 
 
+def _as_sent(instance: Any, instance_id: str | None = None) -> Any:
+    """The request instance as sent (token included), with ``instance_id`` filled in."""
+    echo = wire.Instance()
+    echo.CopyFrom(instance)
+    if instance_id is not None:
+        echo.id.value = instance_id
+    return echo
+
+
 def _echo_service(service: Any, namespace: str | None = None) -> Any:
     """The request service as an answer echoes it, without its token."""
     echo = wire.Service()
@@ -240,11 +253,33 @@ def instance_to_wire(record: InstanceRecord) -> Any:
 
 
 def _service_to_wire(record: ServiceRecord, revision: str) -> Any:
+    """The service as a Discover answer carries it (``service`` and ``aliasFor``)."""
     msg = wire.Service(
-        name=_str(record.name), namespace=_str(record.namespace), revision=_str(revision)
+        id=_str(record.id),
+        name=_str(record.name),
+        namespace=_str(record.namespace),
+        revision=_str(revision),
+        ctime=_str(_time_text(record.ctime)),
+        mtime=_str(_time_text(record.mtime)),
     )
     if record.metadata:
         msg.metadata.update(record.metadata)
+    return msg
+
+
+def discovered_instance(record: InstanceRecord) -> Any:
+    """The instance as Discover answers it: :func:`instance_to_wire` with the labels a
+    real server's cache copies into the metadata (``version``, ``protocol`` when set;
+    ``region`` / ``zone`` / ``campus`` when a location is), over the client's own keys."""
+    msg = instance_to_wire(record)
+    if record.version:
+        msg.metadata["version"] = record.version
+    if record.protocol:
+        msg.metadata["protocol"] = record.protocol
+    if record.region or record.zone or record.campus:
+        msg.metadata["region"] = record.region
+        msg.metadata["zone"] = record.zone
+        msg.metadata["campus"] = record.campus
     return msg
 
 
@@ -253,7 +288,7 @@ def _health_check(instance: Any) -> HealthCheckRecord | None:
     if not instance.HasField("health_check"):
         return None
     check = instance.health_check
-    if not (check.HasField("heartbeat") or check.type == _HEARTBEAT):
+    if not check.HasField("heartbeat"):  # the type alone turns nothing on
         return None
     if instance.HasField("enable_health_check") and not instance.enable_health_check.value:
         return None
@@ -293,8 +328,9 @@ def _instance_key(instance: Any) -> str:
     if instance.HasField("id"):
         validation.check_instance_id(instance.id.value)
         return str(instance.id.value)
-    namespace = validation.check_namespace(instance.namespace.value)
+    # A real server's order (CheckInstanceTetrad): service, namespace, host, port.
     service = validation.check_service(instance.service.value)
+    namespace = validation.check_namespace(instance.namespace.value)
     host = validation.check_host(instance.host.value)
     port = validation.check_port(instance.port.value if instance.HasField("port") else None)
     return validation.instance_id(namespace, service, host, port, instance.vpc_id.value)
@@ -406,8 +442,7 @@ class NamingService:
     # --------------------------------------------------------- registration
 
     def register_instance(self, instance: Any, ctx: RequestContext = INTERNAL_CONTEXT) -> Any:
-        if instance.ByteSize() == 0:
-            return response(wire.Code.EmptyRequest)
+        # An empty Instance is not nil to a real server: it fails the checks (400120).
         try:
             _validate_registration(instance)
         except ValidationError as err:
@@ -445,7 +480,9 @@ class NamingService:
             instance.port.value,
             ctx.request_id or "-",
         )
-        return response(wire.Code.ExecuteSuccess, instance=_key_instance(instance_id, instance))
+        key = _key_instance(instance_id, instance)
+        key.host.value = instance.host.value.strip()  # as stored; the id is of the host as sent
+        return response(wire.Code.ExecuteSuccess, instance=key)
 
     def _ensure_service(self, namespace: str, service: str, now: float) -> None:
         if self.store.get_service(namespace, service) is not None:
@@ -475,7 +512,7 @@ class NamingService:
             id=instance_id,
             namespace=msg.namespace.value,
             service=msg.service.value,
-            host=msg.host.value,
+            host=msg.host.value.strip(),
             port=msg.port.value,
             revision=_new_revision(),
             vpc_id=msg.vpc_id.value,
@@ -497,21 +534,22 @@ class NamingService:
         )
 
     def deregister_instance(self, instance: Any, ctx: RequestContext = INTERNAL_CONTEXT) -> Any:
-        if instance.ByteSize() == 0:
-            return response(wire.Code.EmptyRequest)
+        """Every answer echoes the request as sent (its token too, as a real server
+        does), with the id filled in once it is known."""
         try:
             instance_id = _instance_key(instance)
         except ValidationError as err:
-            return response(err.code, _failure(err), instance=_echo(instance))
+            return response(err.code, _failure(err), instance=_as_sent(instance))
+        echo = _as_sent(instance, instance_id)
         try:
             with _store_layer("deregister"):
                 removed = self.store.delete_instance(instance_id)
         except StoreFailure:
-            return response(wire.Code.StoreLayerException, instance=_echo(instance))
+            return response(wire.Code.StoreLayerException, instance=echo)
         self.heartbeats.forget(instance_id)
         if removed is not None:
             log.debug("deregistered instance %s (request %s)", instance_id, ctx.request_id or "-")
-        return response(wire.Code.ExecuteSuccess, instance=_key_instance(instance_id, instance))
+        return response(wire.Code.ExecuteSuccess, instance=echo)
 
     def stored_target(self, instance: Any, *, register: bool) -> InstanceRecord | None:
         """The stored instance a register (or deregister / heartbeat) request acts on.
@@ -539,13 +577,11 @@ class NamingService:
         server answers 400141 for one registered without a heartbeat check)."""
         if not self.health_check:
             return response(wire.Code.HealthCheckNotOpen)
-        if instance.ByteSize() == 0:
-            return response(wire.Code.EmptyRequest)
         try:
             instance_id = _instance_key(instance)
         except ValidationError as err:
-            return response(err.code, _failure(err), instance=_echo(instance))
-        key = _key_instance(instance_id, instance)
+            return response(err.code, _failure(err), instance=_as_sent(instance))
+        key = _as_sent(instance)  # every answer echoes the request as sent
         if self.faults.heartbeat_not_found:
             return response(wire.Code.NotFoundResource, instance=key)
         try:
@@ -606,9 +642,10 @@ class NamingService:
             return discover_response(wire.Code.StoreLayerException, kind, echo)
         if kind in _RULE_TYPES:
             return self._discover_rules(request)
+        # A real server answers every type it does not serve as a ROUTING answer.
         return discover_response(
             wire.Code.InvalidDiscoverResource,
-            kind,
+            _ROUTING,
             _echo_service(request.service) if request.HasField("service") else None,
         )
 
@@ -648,16 +685,24 @@ class NamingService:
         answer = discover_response(
             wire.Code.ExecuteSuccess, _INSTANCE, _service_to_wire(view.service, view.revision)
         )
+        answer.aliasFor.CopyFrom(_service_to_wire(view.service, view.service.revision))
         answer.instances.extend(
-            instance_to_wire(r) for r in view.instances if keep is None or keep(r)
+            discovered_instance(r) for r in view.instances if keep is None or keep(r)
         )
         return answer
 
     def _discover_services(self, request: Any) -> Any:
+        if not request.HasField("service"):
+            return discover_response(wire.Code.EmptyRequest, _SERVICES)
         asked = request.service
         namespace = asked.namespace.value
         with _store_layer("discover"):
             services = self.store.list_services(namespace or None)
+        if not services and namespace:
+            # A real server has no revision for a namespace it holds no service of,
+            # so such an answer never turns into DataNoChange.
+            echo = wire.Service(name=_str(asked.name.value), namespace=_str(namespace))
+            return discover_response(wire.Code.ExecuteSuccess, _SERVICES, echo)
         digest = hashlib.sha1()
         for svc in services:
             digest.update(f"{svc.namespace}/{svc.name}/{svc.revision};".encode())
@@ -683,7 +728,20 @@ class NamingService:
             return discover_response(wire.Code.InvalidServiceName, kind, _echo_service(asked))
         if not asked.namespace.value:
             return discover_response(wire.Code.InvalidNamespaceName, kind, _echo_service(asked))
-        return discover_response(wire.Code.ExecuteSuccess, kind, echo)
+        if kind != _ROUTING:
+            return discover_response(wire.Code.ExecuteSuccess, kind, echo)
+        # No rules here, but a real server still answers ROUTING with an empty
+        # rule set and its revision, and DataNoChange once the client has it.
+        if asked.revision.value == NO_RULES_REVISION:
+            return discover_response(wire.Code.DataNoChange, kind, _echo_service(asked))
+        echo.revision.value = NO_RULES_REVISION
+        answer = discover_response(wire.Code.ExecuteSuccess, kind, echo)
+        answer.routing.namespace.CopyFrom(asked.namespace)
+        answer.routing.service.CopyFrom(asked.name)
+        answer.routing.revision.value = NO_RULES_REVISION
+        answer.aliasFor.name.CopyFrom(asked.name)
+        answer.aliasFor.namespace.CopyFrom(asked.namespace)
+        return answer
 
     # -------------------------------------------------------- report client
 

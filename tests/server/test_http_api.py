@@ -106,14 +106,15 @@ def test_null_unsets_a_field_and_is_the_default_as_a_map_value(client: httpx.Cli
     assert instance["metadata"] == {"empty": "", "kept": "x"}
 
 
-def test_a_null_body_is_an_empty_request(client: httpx.Client) -> None:
-    assert code_of(post(client, "RegisterInstance", None)) == 400002
+def test_a_null_body_is_an_empty_instance(client: httpx.Client) -> None:
+    for route in ("RegisterInstance", "DeregisterInstance", "Heartbeat"):
+        assert code_of(post(client, route, None)) == 400120, route  # service missing
 
 
 @pytest.mark.parametrize("kind", ["INSTANCE", 1])
 @pytest.mark.parametrize("check", ["HEARTBEAT", 1])
 def test_enums_by_name_or_number(client: httpx.Client, kind: Any, check: Any) -> None:
-    body = {**ECHO, "healthCheck": {"type": check}}
+    body = {**ECHO, "healthCheck": {"type": check, "heartbeat": {}}}
     assert code_of(post(client, "RegisterInstance", body)) == 200000
     answer = post(client, "Discover", {**DISCOVER_ECHO, "type": kind}).json()
     assert answer["type"] == "INSTANCE"

@@ -40,7 +40,7 @@ def test_heartbeat_not_found_answers_400202_at_once_and_records_nothing(
 
     # A known instance, and no forgiven beats first: the fault is immediate.
     assert [r.code.value for r in refused] == [code_pb2.NotFoundResource] * 2
-    assert refused[0].instance.id.value == iid
+    assert refused[0].instance == instance()  # the request, echoed as sent
     assert recorded_while_on is None
     assert accepted.code.value == code_pb2.ExecuteSuccess
     assert polaris.server.naming.heartbeats.last_beat(iid) is not None
