@@ -26,10 +26,12 @@ handler). The first start fixes the ports (port 0 picks a free one), so
 stop()+start() serves on the same port again, with the data kept unless
 :meth:`~PolarisServer.clear` is called.
 
-While running, the server registers itself in namespace ``Polaris`` as
-``polaris.discover``, ``polaris.healthcheck`` and ``polaris.checker`` (its
-reachable host, gRPC port, protocol ``grpc``, metadata naming the ports), as
-a real deployment does for clients that bootstrap through those services.
+While running, the server registers itself in namespace ``Polaris`` (its
+reachable host, gRPC port, protocol ``grpc``, metadata naming the ports) as
+each of ``system_services``: by default only ``polaris.checker``, as a real
+server's default configuration does; ``polaris.discover`` and
+``polaris.healthcheck`` (:data:`SYSTEM_SERVICES`) are there for clients
+that bootstrap through them, when asked for.
 
 Storage: with ``data_dir`` the registrations live in SQLite
 (``data_dir/polaris.db``, :class:`~.store.SqliteStore`), without it in memory.
@@ -52,6 +54,7 @@ import os
 import socket
 import ssl
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final
@@ -59,6 +62,7 @@ from typing import Any, Final
 import grpc
 
 from polaris_sdk import validation, wire
+from polaris_sdk.errors import ValidationError
 from polaris_sdk.server.apiserver.grpc import GrpcApiServer, format_address
 from polaris_sdk.server.apiserver.http import HttpApiServer, HttpOptions
 from polaris_sdk.server.auth import AuthFilter, Authorizer, TokenAuthorizer, Tokens
@@ -67,11 +71,14 @@ from polaris_sdk.server.naming import SYSTEM_NAMESPACE, NamingService, ServerFau
 from polaris_sdk.server.store import MemoryStore, SqliteStore, Store
 from polaris_sdk.server.store.sqlite import DB_FILENAME
 
-__all__ = ["SYSTEM_SERVICES", "PolarisServer"]
+__all__ = ["DEFAULT_SYSTEM_SERVICES", "SYSTEM_SERVICES", "PolarisServer"]
 
 log = logging.getLogger("polaris_sdk.server")
 
 SYSTEM_SERVICES: Final = ("polaris.discover", "polaris.healthcheck", "polaris.checker")
+"""The services a Polaris server may register itself as."""
+DEFAULT_SYSTEM_SERVICES: Final = ("polaris.checker",)
+"""The ones a real server registers itself as by default (``polaris-server.yaml``)."""
 _WILDCARD_HOSTS: Final = frozenset({"", "0.0.0.0", "::", "[::]"})
 _START_TIMEOUT: Final = 30.0
 
@@ -136,7 +143,9 @@ class PolarisServer:
     ``tls_cert`` / ``tls_key`` (PEM files, both or neither) serve gRPC and
     HTTP over TLS; a bad file fails :meth:`start`.
     ``advertise_host`` is the host the server registers itself with (default:
-    ``host``, or this machine's address when ``host`` is a wildcard).
+    ``host``, or this machine's address when ``host`` is a wildcard);
+    ``system_services`` the services it registers itself as in namespace
+    ``Polaris`` (default: :data:`DEFAULT_SYSTEM_SERVICES`).
 
     ``naming`` is the :class:`~polaris_sdk.server.naming.NamingService`; its
     ``store`` and ``heartbeats`` let a test look inside.
@@ -158,6 +167,7 @@ class PolarisServer:
         http_options: HttpOptions | None = None,
         store: Store | None = None,
         advertise_host: str | None = None,
+        system_services: Iterable[str] = DEFAULT_SYSTEM_SERVICES,
         stop_grace: float = 1.0,
     ) -> None:
         for name, port in (("grpc_port", grpc_port), ("http_port", http_port)):
@@ -167,6 +177,12 @@ class PolarisServer:
             raise ValueError("give auth or tokens, not both")
         if (tls_cert is None) != (tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
+        self.system_services = tuple(dict.fromkeys(system_services))
+        for service in self.system_services:
+            try:
+                validation.check_service(service)
+            except ValidationError as err:
+                raise ValueError(f"system_services: {err}") from None
         self.host = host
         self._http_port = http_port
         self._http_options = http_options
@@ -418,7 +434,7 @@ class PolarisServer:
         from polaris_sdk import __version__
 
         instances = []
-        for service in SYSTEM_SERVICES:
+        for service in self.system_services:
             msg = wire.Instance(
                 namespace=wire.StringValue(value=SYSTEM_NAMESPACE),
                 service=wire.StringValue(value=service),
@@ -461,7 +477,8 @@ class PolarisServer:
             validation.instance_id(SYSTEM_NAMESPACE, m.service.value, m.host.value, m.port.value)
             for m in current
         }
-        for service in SYSTEM_SERVICES:
+        # Also the system services a previous run was configured with and this one is not.
+        for service in dict.fromkeys((*SYSTEM_SERVICES, *self.system_services)):
             view = self.naming.store.service_instances(SYSTEM_NAMESPACE, service)
             for record in view.instances if view is not None else ():
                 if record.id not in keep:

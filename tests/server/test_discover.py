@@ -148,7 +148,7 @@ def test_services_lists_a_namespace_or_all(stub: Stub) -> None:
     assert sorted(x.name.value for x in one.services) == ["a", "b"]
     listed = {(x.namespace.value, x.name.value) for x in every.services}
     assert {("ns1", "a"), ("ns1", "b"), ("ns2", "c")} <= listed
-    assert ("Polaris", "polaris.discover") in listed
+    assert ("Polaris", "polaris.checker") in listed
 
 
 def test_services_same_revision_is_data_no_change_until_a_service_appears(stub: Stub) -> None:

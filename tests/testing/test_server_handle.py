@@ -89,7 +89,7 @@ def test_reset_gives_a_running_empty_server_without_faults(
     assert not polaris.faults.heartbeat_not_found
     assert polaris.instances("echo") == []
     # The server's own registrations come back with it.
-    assert len(polaris.instances("polaris.discover", "Polaris")) == 1
+    assert len(polaris.instances("polaris.checker", "Polaris")) == 1
 
 
 def test_instances_and_wait_for_instances(
