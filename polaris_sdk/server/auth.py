@@ -54,10 +54,13 @@ from polaris_sdk import validation, wire
 from polaris_sdk.errors import ValidationError
 from polaris_sdk.server.naming import (
     DEFAULT_NAMESPACE,
+    STORE_ERRORS,
     NamingService,
     RequestContext,
     StoreFailure,
+    code_info,
     discover_response,
+    heartbeat_requests,
     response,
 )
 
@@ -218,6 +221,10 @@ def _instance_resource(action: Action, instance: Any, ctx: RequestContext) -> Re
     )
 
 
+def _del_heartbeats(code: int) -> Any:
+    return wire.DelHeartbeatsResponse(code=code, info=code_info(code))
+
+
 class AuthFilter:
     """The naming API with an authorization check in front; see the module doc."""
 
@@ -281,6 +288,42 @@ class AuthFilter:
     def heartbeat(self, instance: Any, ctx: RequestContext) -> Any:
         code = self._denied_instance(Action.HEARTBEAT, instance, ctx)
         return response(code) if code else self.naming.heartbeat(instance, ctx)
+
+    def batch_heartbeat(self, request: Any, ctx: RequestContext) -> Any:
+        """``v1.HeartbeatsRequest``: each beat as a heartbeat; the answer is an empty
+        ``v1.HeartbeatsResponse`` whatever they got, as from a real server."""
+        for instance in heartbeat_requests(request.heartbeats):
+            self.heartbeat(instance, ctx)
+        return wire.HeartbeatsResponse()
+
+    def get_heartbeats(self, request: Any, ctx: RequestContext) -> Any:
+        """``v1.GetHeartbeatsRequest``: read like heartbeats, with no token needed."""
+        code = self._denied(ctx, Resource(action=Action.HEARTBEAT, token=ctx.token))
+        if code:
+            return wire.GetHeartbeatsResponse()
+        return self.naming.heartbeat_records(request.instanceIds)
+
+    def delete_heartbeats(self, request: Any, ctx: RequestContext) -> Any:
+        """``v1.DelHeartbeatsRequest``: forgetting beats ages instances toward unhealthy, so
+        each id is authorised as a deregistration in the namespace of its instance."""
+        ids = list(request.instanceIds)
+        if not isinstance(self.authorizer, AllowAll):
+            for instance_id in ids:
+                try:
+                    stored = self.naming.store.get_instance(instance_id)
+                except STORE_ERRORS:
+                    log.exception("store failure in a heartbeat deletion")
+                    return _del_heartbeats(int(wire.Code.StoreLayerException))
+                resource = Resource(
+                    action=Action.DEREGISTER,
+                    namespace=stored.namespace if stored is not None else "",
+                    service=stored.service if stored is not None else "",
+                    token=ctx.token,
+                )
+                code = self._denied(ctx, resource)
+                if code:
+                    return _del_heartbeats(code)
+        return self.naming.delete_heartbeats(ids)
 
     def discover(self, request: Any, ctx: RequestContext, *, only_healthy: bool = False) -> Any:
         service = request.service

@@ -62,6 +62,7 @@ __all__ = [
     "code_info",
     "discover_response",
     "discovered_instance",
+    "heartbeat_requests",
     "instance_to_wire",
     "response",
 ]
@@ -321,6 +322,20 @@ def registration_id(instance: Any) -> str:
         instance.port.value,
         instance.vpc_id.value,
     )
+
+
+def heartbeat_requests(beats: Any) -> Iterator[Any]:
+    """Each ``v1.InstanceHeartbeat`` as the ``v1.Instance`` of a heartbeat: by its id, or
+    by service, namespace, host and port when it has none."""
+    for beat in beats:
+        if beat.instanceId:
+            yield wire.Instance(id=_str(beat.instanceId))
+            continue
+        instance = wire.Instance(port=wire.UInt32Value(value=beat.port))
+        for name in ("service", "namespace", "host"):
+            if getattr(beat, name):
+                getattr(instance, name).value = getattr(beat, name)
+        yield instance
 
 
 def _instance_key(instance: Any) -> str:
@@ -597,6 +612,29 @@ class NamingService:
             return response(wire.Code.NotFoundResource, instance=key)
         self.heartbeats.beat(instance_id)
         return response(wire.Code.ExecuteSuccess, instance=key)
+
+    def heartbeat_records(self, instance_ids: Any) -> Any:
+        """``v1.GetHeartbeatsResponse``: the last beat (unix seconds) of each id, if any.
+
+        Empty when health checking is off, as from a real server without a
+        heartbeat checker."""
+        answer = wire.GetHeartbeatsResponse()
+        if not self.health_check:
+            return answer
+        for instance_id in instance_ids:
+            beat = self.heartbeats.last_beat(instance_id)
+            record = answer.records.add(instanceId=instance_id, exist=beat is not None)
+            if beat is not None:
+                record.lastHeartbeatSec = int(beat.wall)
+        return answer
+
+    def delete_heartbeats(self, instance_ids: Any) -> Any:
+        """Forget the last beat of each id (not its instance): ``v1.DelHeartbeatsResponse``,
+        empty as a real server's (no code)."""
+        if self.health_check:
+            for instance_id in instance_ids:
+                self.heartbeats.forget_beat(instance_id)
+        return wire.DelHeartbeatsResponse()
 
     def apply_health(self, record: InstanceRecord, healthy: bool, last_heard: Beat | None) -> bool:
         """Set the instance's health unless it changed since ``record`` was read.
