@@ -16,11 +16,10 @@ A request takes the real server's path, one module per layer: apiserver
 
 Lifecycle and threads: :meth:`PolarisServer.start` starts one thread,
 ``polaris-server``, running an asyncio event loop that carries the gRPC
-server, every Discover stream and the health checker; the HTTP API adds its
-accept thread ``polaris-http`` and a bounded pool of ``polaris-http-worker``
-threads. :meth:`~PolarisServer.stop` stops the HTTP API (requests being
-answered finish), drops the open streams, lets unary calls finish for
-``stop_grace`` seconds and ends every thread. With ``tls_cert`` and ``tls_key``
+server, every Discover stream, every HTTP connection and the health
+checker. :meth:`~PolarisServer.stop` stops the HTTP API (requests being
+answered finish), drops the open streams, lets unary calls and HTTP
+answers finish for ``stop_grace`` seconds and ends the thread. With ``tls_cert`` and ``tls_key``
 both gRPC and HTTP serve TLS only. Both are idempotent and thread-safe (not callable from a
 handler). The first start fixes the ports (port 0 picks a free one), so
 stop()+start() serves on the same port again, with the data kept unless
@@ -275,19 +274,6 @@ class PolarisServer:
                 if self._sqlite is not None:
                     self._sqlite.close()
                 raise
-            try:
-                running.http = HttpApiServer(
-                    self._api,
-                    self.host,
-                    self._http_port,
-                    tls=self._tls.ssl_context() if self._tls is not None else None,
-                    options=self._http_options,
-                )
-                self._http_port = running.http.start()
-            except BaseException:
-                running.http = None
-                self._halt(running)
-                raise
             self._running = running
             self._register_self()
         log.info("Polaris server listening on grpc %s and %s", self.grpc_address, self.http_address)
@@ -316,8 +302,6 @@ class PolarisServer:
     def _halt(self, running: _Running) -> None:
         """Stop the APIs, the loop and its thread, and close the store."""
         try:
-            if running.http is not None:
-                running.http.stop()
             future = asyncio.run_coroutine_threadsafe(self._stop_serving(running), running.loop)
             future.result(timeout=self.stop_grace + _START_TIMEOUT)
         except Exception:
@@ -360,6 +344,20 @@ class PolarisServer:
             grpc_server = GrpcApiServer(self._api, self.host, self._grpc_port, credentials)
             self._grpc_port = await grpc_server.start()
             running.grpc = grpc_server
+            http_server = HttpApiServer(
+                self._api,
+                self.host,
+                self._http_port,
+                tls=self._tls.ssl_context() if self._tls is not None else None,
+                options=self._http_options,
+            )
+            try:
+                self._http_port = await http_server.start()
+            except BaseException:
+                running.grpc = None
+                await grpc_server.stop(0)
+                raise
+            running.http = http_server
             running.checker_task = asyncio.get_running_loop().create_task(
                 self._checker.run(running.stop_checker), name="polaris-healthcheck"
             )
@@ -369,6 +367,8 @@ class PolarisServer:
         ready.set_result(None)
 
     async def _stop_serving(self, running: _Running) -> None:
+        if running.http is not None:
+            await running.http.stop(self.stop_grace)
         running.stop_checker.set()
         if running.checker_task is not None:
             await running.checker_task
@@ -406,6 +406,12 @@ class PolarisServer:
         if self.running:
             self._register_self()
         log.info("cleared all registrations")
+
+    @property
+    def open_http_connections(self) -> int:
+        """How many HTTP connections are being served now (0 when stopped)."""
+        running = self._running
+        return 0 if running is None or running.http is None else running.http.open_connections
 
     @property
     def open_discover_streams(self) -> int:

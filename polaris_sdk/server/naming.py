@@ -38,6 +38,7 @@ from typing import Any, Final
 
 from polaris_sdk import validation, wire
 from polaris_sdk.errors import ValidationError
+from polaris_sdk.server import messages
 from polaris_sdk.server.healthcheck import Beat, HeartbeatBook
 from polaris_sdk.server.store.base import (
     HealthCheckRecord,
@@ -94,44 +95,11 @@ _RULE_TYPES: Final = frozenset(
     _REQ[name].number for name in ("ROUTING", "RATE_LIMIT", "CIRCUIT_BREAKER", "FAULT_DETECTOR")
 )
 
-# The real server's wording (its code2info table) for every code this server sends.
-_INFO: Final[dict[int, str]] = {
-    200000: "execute success",
-    200001: "discover data is no change",
-    400000: "bad request",
-    400001: "parse exception",
-    400002: "empty request",
-    400004: "invalid discover resource",
-    400103: "invalid parameter",
-    400110: "invalid namespace name",
-    400120: "invalid service name",
-    400130: "invalid instance id",
-    400131: "invalid instance host",
-    400132: "invalid instance port",
-    400136: "invalid instance protocol",
-    400137: "invalid instance version",
-    400138: "invalid instance logic set",
-    400140: "health check is not open",
-    400150: "invalid metadata",
-    400201: "existed resource",
-    400202: "not found resource",
-    400301: "not found service",
-    400303: "not found instances",
-    400305: "not found namespace",
-    401000: "unauthorized",
-    401001: "access is not approved",
-    401002: "auth token empty",
-    401003: "token already disabled",
-    401004: "token not existed",
-    500000: "execute exception",
-    500001: "store layer exception",
-    500007: "heartbeat execute exception",
-}
-
 
 def code_info(code: int) -> str:
-    """The human message a real server puts next to ``code``."""
-    return _INFO.get(code) or wire.Code.name(code)
+    """The message a real server puts next to ``code`` (English; see :mod:`.messages`)."""
+    known = code in messages.LANGUAGES[messages.DEFAULT_LANGUAGE]
+    return messages.code_text(code) if known else wire.Code.name(code)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +184,9 @@ def _key_instance(record_id: str, instance: Any) -> Any:
 
 
 def _failure(err: ValidationError) -> str:
-    return f"{code_info(err.code)}: {err}"
+    """The answer's ``info``: the code's text alone, as a real server's; the detail is logged."""
+    log.debug("request refused with %d: %s", err.code, err)
+    return code_info(err.code)
 
 
 def instance_to_wire(record: InstanceRecord) -> Any:
@@ -705,7 +675,8 @@ class NamingService:
             )
             return discover_response(wire.Code.DataNoChange, _INSTANCE, echo)
         if only_healthy:
-            return self._instances_answer(view, lambda r: r.healthy and not r.isolate)
+            # Health alone, as a real server filters: a healthy isolated instance stays.
+            return self._instances_answer(view, lambda r: r.healthy)
         key = (namespace, asked.name.value)
         with self._answers_lock:
             cached = self._answers.get(key)

@@ -11,7 +11,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -116,18 +115,14 @@ def test_stop_with_a_handshake_pending_returns_and_leaves_no_thread(
     no_thread_leak: None, tls_files: TlsFiles
 ) -> None:
     # Timeouts far beyond the test's own timeout: only stop() can end the handshake.
-    patient = HttpOptions(io_timeout=600, request_timeout=600)
+    patient = HttpOptions(io_timeout=600, request_timeout=600, header_timeout=600)
     server = PolarisServer(
         tls_cert=tls_files.server_cert, tls_key=tls_files.server_key, http_options=patient
     ).start()
     with socket.create_connection(("127.0.0.1", server.http_port), timeout=10) as stalled:
-        wait_until(lambda: any(t.name.startswith("polaris-http-worker") for t in live()), 5)
+        wait_until(lambda: server.open_http_connections == 1, 5)
         server.stop()
         assert closes(stalled)
-
-
-def live() -> list[threading.Thread]:
-    return threading.enumerate()
 
 
 def closes(sock: socket.socket) -> bool:
