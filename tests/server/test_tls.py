@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def tls_server(no_thread_leak: None, tls_files: TlsFiles) -> Iterator[PolarisServer]:
-    options = HttpOptions(io_timeout=1.0)
+    options = HttpOptions(io_timeout=1.0, header_timeout=1.0)
     with PolarisServer(
         tls_cert=tls_files.server_cert, tls_key=tls_files.server_key, http_options=options
     ) as running:
@@ -105,7 +105,7 @@ def test_a_stalled_handshake_is_dropped_and_does_not_hold_stop(
     tls_server: PolarisServer, tls_files: TlsFiles
 ) -> None:
     with socket.create_connection(("127.0.0.1", tls_server.http_port), timeout=10) as stalled:
-        # Never says hello: the worker gives up after io_timeout.
+        # Never says hello: the handshake is given up after header_timeout.
         assert closes(stalled)
         with https_client(tls_server, tls_files.ca_cert) as client:
             assert code_of(post(client, "RegisterInstance", ECHO)) == 200000
