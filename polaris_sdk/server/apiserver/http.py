@@ -610,6 +610,12 @@ class HttpApiServer:
             if self._tls is not None:
                 await writer.start_tls(self._tls, ssl_handshake_timeout=self.options.header_timeout)
             await connection.serve()
+        except asyncio.CancelledError:
+            if not self.stopping:
+                raise
+            # Cut by stop(): end normally, since asyncio's streams read the
+            # result of this task and log a cancelled one as an error.
+            log.debug("HTTP connection from %s cut by stop()", address)
         except (OSError, TimeoutError, ssl.SSLError) as err:
             # Resets, timeouts, cut connections: the client's business.
             log.debug("HTTP connection from %s ended: %r", address, err)
