@@ -38,6 +38,8 @@ __all__ = [
     "MethodSpec",
     "POLARIS_GRPC_METHODS",
     "POLARIS_GRPC_SERVICE",
+    "POLARIS_HEARTBEAT_GRPC_METHODS",
+    "POLARIS_HEARTBEAT_GRPC_SERVICE",
     "message_class",
 ]
 
@@ -157,17 +159,25 @@ DiscoverFilter: Any = message_class("v1.DiscoverFilter")
 StringValue: Any = message_class("google.protobuf.StringValue")
 UInt32Value: Any = message_class("google.protobuf.UInt32Value")
 BoolValue: Any = message_class("google.protobuf.BoolValue")
+HeartbeatsRequest: Any = message_class("v1.HeartbeatsRequest")
+HeartbeatsResponse: Any = message_class("v1.HeartbeatsResponse")
+InstanceHeartbeat: Any = message_class("v1.InstanceHeartbeat")
+GetHeartbeatsRequest: Any = message_class("v1.GetHeartbeatsRequest")
+GetHeartbeatsResponse: Any = message_class("v1.GetHeartbeatsResponse")
+DelHeartbeatsRequest: Any = message_class("v1.DelHeartbeatsRequest")
+DelHeartbeatsResponse: Any = message_class("v1.DelHeartbeatsResponse")
 
 DISCOVER_REQUEST_TYPE = POOL.FindEnumTypeByName("v1.DiscoverRequest.DiscoverRequestType")
 DISCOVER_RESPONSE_TYPE = POOL.FindEnumTypeByName("v1.DiscoverResponse.DiscoverResponseType")
 HEALTH_CHECK_TYPE = POOL.FindEnumTypeByName("v1.HealthCheck.HealthCheckType")
 
 POLARIS_GRPC_SERVICE: Final = "v1.PolarisGRPC"
+POLARIS_HEARTBEAT_GRPC_SERVICE: Final = "v1.PolarisHeartbeatGRPC"
 
 
 @dataclass(frozen=True, slots=True)
 class MethodSpec:
-    """One RPC of ``v1.PolarisGRPC``: its path and message classes."""
+    """One RPC of a Polaris gRPC service: its path and message classes."""
 
     name: str
     path: str
@@ -177,8 +187,8 @@ class MethodSpec:
     server_streaming: bool
 
 
-def _methods() -> dict[str, MethodSpec]:
-    service = POOL.FindServiceByName(POLARIS_GRPC_SERVICE)
+def _methods(service_name: str = POLARIS_GRPC_SERVICE) -> dict[str, MethodSpec]:
+    service = POOL.FindServiceByName(service_name)
     return {
         m.name: MethodSpec(
             name=m.name,
@@ -193,3 +203,5 @@ def _methods() -> dict[str, MethodSpec]:
 
 
 POLARIS_GRPC_METHODS: Final = _methods()
+POLARIS_HEARTBEAT_GRPC_METHODS: Final = _methods(POLARIS_HEARTBEAT_GRPC_SERVICE)
+"""``v1.PolarisHeartbeatGRPC``: BatchHeartbeat, BatchGetHeartbeat, BatchDelHeartbeat."""

@@ -16,20 +16,21 @@ A request takes the real server's path, one module per layer: apiserver
 
 Lifecycle and threads: :meth:`PolarisServer.start` starts one thread,
 ``polaris-server``, running an asyncio event loop that carries the gRPC
-server, every Discover stream and the health checker; the HTTP API adds its
-accept thread ``polaris-http`` and a bounded pool of ``polaris-http-worker``
-threads. :meth:`~PolarisServer.stop` stops the HTTP API (requests being
-answered finish), drops the open streams, lets unary calls finish for
-``stop_grace`` seconds and ends every thread. With ``tls_cert`` and ``tls_key``
+server, every Discover stream, every HTTP connection and the health
+checker. :meth:`~PolarisServer.stop` stops the HTTP API (requests being
+answered finish), drops the open streams, lets unary calls and HTTP
+answers finish for ``stop_grace`` seconds and ends the thread. With ``tls_cert`` and ``tls_key``
 both gRPC and HTTP serve TLS only. Both are idempotent and thread-safe (not callable from a
 handler). The first start fixes the ports (port 0 picks a free one), so
 stop()+start() serves on the same port again, with the data kept unless
 :meth:`~PolarisServer.clear` is called.
 
-While running, the server registers itself in namespace ``Polaris`` as
-``polaris.discover``, ``polaris.healthcheck`` and ``polaris.checker`` (its
-reachable host, gRPC port, protocol ``grpc``, metadata naming the ports), as
-a real deployment does for clients that bootstrap through those services.
+While running, the server registers itself in namespace ``Polaris`` (its
+reachable host, gRPC port, protocol ``grpc``, metadata naming the ports) as
+each of ``system_services``: by default only ``polaris.checker``, as a real
+server's default configuration does; ``polaris.discover`` and
+``polaris.healthcheck`` (:data:`SYSTEM_SERVICES`) are there for clients
+that bootstrap through them, when asked for.
 
 Storage: with ``data_dir`` the registrations live in SQLite
 (``data_dir/polaris.db``, :class:`~.store.SqliteStore`), without it in memory.
@@ -52,6 +53,7 @@ import os
 import socket
 import ssl
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final
@@ -59,6 +61,7 @@ from typing import Any, Final
 import grpc
 
 from polaris_sdk import validation, wire
+from polaris_sdk.errors import ValidationError
 from polaris_sdk.server.apiserver.grpc import GrpcApiServer, format_address
 from polaris_sdk.server.apiserver.http import HttpApiServer, HttpOptions
 from polaris_sdk.server.auth import AuthFilter, Authorizer, TokenAuthorizer, Tokens
@@ -67,11 +70,14 @@ from polaris_sdk.server.naming import SYSTEM_NAMESPACE, NamingService, ServerFau
 from polaris_sdk.server.store import MemoryStore, SqliteStore, Store
 from polaris_sdk.server.store.sqlite import DB_FILENAME
 
-__all__ = ["SYSTEM_SERVICES", "PolarisServer"]
+__all__ = ["DEFAULT_SYSTEM_SERVICES", "SYSTEM_SERVICES", "PolarisServer"]
 
 log = logging.getLogger("polaris_sdk.server")
 
 SYSTEM_SERVICES: Final = ("polaris.discover", "polaris.healthcheck", "polaris.checker")
+"""The services a Polaris server may register itself as."""
+DEFAULT_SYSTEM_SERVICES: Final = ("polaris.checker",)
+"""The ones a real server registers itself as by default (``polaris-server.yaml``)."""
 _WILDCARD_HOSTS: Final = frozenset({"", "0.0.0.0", "::", "[::]"})
 _START_TIMEOUT: Final = 30.0
 
@@ -136,7 +142,9 @@ class PolarisServer:
     ``tls_cert`` / ``tls_key`` (PEM files, both or neither) serve gRPC and
     HTTP over TLS; a bad file fails :meth:`start`.
     ``advertise_host`` is the host the server registers itself with (default:
-    ``host``, or this machine's address when ``host`` is a wildcard).
+    ``host``, or this machine's address when ``host`` is a wildcard);
+    ``system_services`` the services it registers itself as in namespace
+    ``Polaris`` (default: :data:`DEFAULT_SYSTEM_SERVICES`).
 
     ``naming`` is the :class:`~polaris_sdk.server.naming.NamingService`; its
     ``store`` and ``heartbeats`` let a test look inside.
@@ -158,6 +166,7 @@ class PolarisServer:
         http_options: HttpOptions | None = None,
         store: Store | None = None,
         advertise_host: str | None = None,
+        system_services: Iterable[str] = DEFAULT_SYSTEM_SERVICES,
         stop_grace: float = 1.0,
     ) -> None:
         for name, port in (("grpc_port", grpc_port), ("http_port", http_port)):
@@ -167,6 +176,12 @@ class PolarisServer:
             raise ValueError("give auth or tokens, not both")
         if (tls_cert is None) != (tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
+        self.system_services = tuple(dict.fromkeys(system_services))
+        for service in self.system_services:
+            try:
+                validation.check_service(service)
+            except ValidationError as err:
+                raise ValueError(f"system_services: {err}") from None
         self.host = host
         self._http_port = http_port
         self._http_options = http_options
@@ -259,19 +274,6 @@ class PolarisServer:
                 if self._sqlite is not None:
                     self._sqlite.close()
                 raise
-            try:
-                running.http = HttpApiServer(
-                    self._api,
-                    self.host,
-                    self._http_port,
-                    tls=self._tls.ssl_context() if self._tls is not None else None,
-                    options=self._http_options,
-                )
-                self._http_port = running.http.start()
-            except BaseException:
-                running.http = None
-                self._halt(running)
-                raise
             self._running = running
             self._register_self()
         log.info("Polaris server listening on grpc %s and %s", self.grpc_address, self.http_address)
@@ -300,8 +302,6 @@ class PolarisServer:
     def _halt(self, running: _Running) -> None:
         """Stop the APIs, the loop and its thread, and close the store."""
         try:
-            if running.http is not None:
-                running.http.stop()
             future = asyncio.run_coroutine_threadsafe(self._stop_serving(running), running.loop)
             future.result(timeout=self.stop_grace + _START_TIMEOUT)
         except Exception:
@@ -344,6 +344,20 @@ class PolarisServer:
             grpc_server = GrpcApiServer(self._api, self.host, self._grpc_port, credentials)
             self._grpc_port = await grpc_server.start()
             running.grpc = grpc_server
+            http_server = HttpApiServer(
+                self._api,
+                self.host,
+                self._http_port,
+                tls=self._tls.ssl_context() if self._tls is not None else None,
+                options=self._http_options,
+            )
+            try:
+                self._http_port = await http_server.start()
+            except BaseException:
+                running.grpc = None
+                await grpc_server.stop(0)
+                raise
+            running.http = http_server
             running.checker_task = asyncio.get_running_loop().create_task(
                 self._checker.run(running.stop_checker), name="polaris-healthcheck"
             )
@@ -353,6 +367,8 @@ class PolarisServer:
         ready.set_result(None)
 
     async def _stop_serving(self, running: _Running) -> None:
+        if running.http is not None:
+            await running.http.stop(self.stop_grace)
         running.stop_checker.set()
         if running.checker_task is not None:
             await running.checker_task
@@ -392,6 +408,12 @@ class PolarisServer:
         log.info("cleared all registrations")
 
     @property
+    def open_http_connections(self) -> int:
+        """How many HTTP connections are being served now (0 when stopped)."""
+        running = self._running
+        return 0 if running is None or running.http is None else running.http.open_connections
+
+    @property
     def open_discover_streams(self) -> int:
         """How many Discover streams are open now (0 when stopped)."""
         running = self._running
@@ -418,7 +440,7 @@ class PolarisServer:
         from polaris_sdk import __version__
 
         instances = []
-        for service in SYSTEM_SERVICES:
+        for service in self.system_services:
             msg = wire.Instance(
                 namespace=wire.StringValue(value=SYSTEM_NAMESPACE),
                 service=wire.StringValue(value=service),
@@ -461,7 +483,8 @@ class PolarisServer:
             validation.instance_id(SYSTEM_NAMESPACE, m.service.value, m.host.value, m.port.value)
             for m in current
         }
-        for service in SYSTEM_SERVICES:
+        # Also the system services a previous run was configured with and this one is not.
+        for service in dict.fromkeys((*SYSTEM_SERVICES, *self.system_services)):
             view = self.naming.store.service_instances(SYSTEM_NAMESPACE, service)
             for record in view.instances if view is not None else ():
                 if record.id not in keep:

@@ -1,7 +1,7 @@
 """Run the embedded Polaris server in the foreground.
 
     python -m polaris_sdk.server --grpc-port 8091 --http-port 8090 [--data-dir DIR] [--host H]
-        [--token TOKEN[:NS1,NS2] ...] [--tls-cert PEM --tls-key PEM]
+        [--token TOKEN[:NS1,NS2] ...] [--tls-cert PEM --tls-key PEM] [--system-service NAME ...]
 
 Logs to stderr where it listens, serves until SIGINT or SIGTERM, then stops
 cleanly and exits 0. Exits 1 when it cannot listen (e.g. the port is taken)
@@ -14,6 +14,8 @@ variable, specs separated by spaces or ``;``; both sources add up) turn the
 token check on: ``TOKEN`` may act everywhere, ``TOKEN:ns1,ns2`` only in those
 namespaces. The environment keeps tokens out of the process list. A bad spec
 exits 2. ``--tls-cert`` and ``--tls-key`` serve both APIs over TLS.
+``--system-service`` (repeatable) names the services the server registers
+itself as in namespace ``Polaris`` (default: ``polaris.checker`` only).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
-from polaris_sdk.server import PolarisServer
+from polaris_sdk.server import DEFAULT_SYSTEM_SERVICES, SYSTEM_SERVICES, PolarisServer
 from polaris_sdk.server.auth import TOKENS_ENV, parse_token_specs, split_token_specs
 from polaris_sdk.server.healthcheck import DEFAULT_CHECK_INTERVAL
 
@@ -69,6 +71,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--tls-cert", default=None, help="serve TLS with this certificate (PEM)")
     parser.add_argument("--tls-key", default=None, help="the private key of --tls-cert (PEM)")
+    parser.add_argument(
+        "--system-service",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="register the server in namespace Polaris as NAME (repeatable; default: "
+        + ", ".join(DEFAULT_SYSTEM_SERVICES)
+        + "; also: "
+        + ", ".join(s for s in SYSTEM_SERVICES if s not in DEFAULT_SYSTEM_SERVICES)
+        + ")",
+    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     return parser
 
@@ -113,10 +126,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             tokens=tokens or None,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
+            system_services=args.system_service or DEFAULT_SYSTEM_SERVICES,
         )
         server.start()
-    except (OSError, sqlite3.Error) as err:
-        # A taken port, a data directory in use or an unreadable database.
+    except (OSError, sqlite3.Error, ValueError) as err:
+        # A taken port, a data directory in use, an unreadable database or a bad name.
         log.error("cannot start: %s", err)
         return 1
     try:

@@ -18,6 +18,15 @@ everywhere or limited to some namespaces:
 * heartbeats and client reports pass without a token, as on a real server
   (its health check server does no auth check).
 
+An instance id is the SHA-1 of public fields, so anyone can compute the id
+of an instance in a namespace their token does not cover. The filter
+therefore also authorises against the namespace of the *stored* instance a
+request names (its id, given or computed): a deregister (or heartbeat, for
+an authorizer that checks them) of an instance elsewhere is denied with the
+authorizer's code, and a register whose id names an instance of another
+service or namespace is refused 401001 NotAllowedAccess whatever the token,
+so no request can move an instance out of its service.
+
 A real server (``auth.option.clientOpen``) decides differently in places,
 since its tokens belong to users with strategies: a missing or undecodable
 token is 401001 in strict mode and an anonymous caller otherwise, and reads
@@ -38,16 +47,20 @@ import hashlib
 import logging
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final, Protocol, TypeAlias
 
 from polaris_sdk import validation, wire
 from polaris_sdk.errors import ValidationError
 from polaris_sdk.server.naming import (
     DEFAULT_NAMESPACE,
+    STORE_ERRORS,
     NamingService,
     RequestContext,
+    StoreFailure,
+    code_info,
     discover_response,
+    heartbeat_requests,
     response,
 )
 
@@ -208,6 +221,10 @@ def _instance_resource(action: Action, instance: Any, ctx: RequestContext) -> Re
     )
 
 
+def _del_heartbeats(code: int) -> Any:
+    return wire.DelHeartbeatsResponse(code=code, info=code_info(code))
+
+
 class AuthFilter:
     """The naming API with an authorization check in front; see the module doc."""
 
@@ -229,17 +246,84 @@ class AuthFilter:
         )
         return code
 
+    def _denied_instance(self, action: Action, instance: Any, ctx: RequestContext) -> int | None:
+        """Check the namespace the request names, then the one of the instance it acts on."""
+        resource = _instance_resource(action, instance, ctx)
+        code = self._denied(ctx, resource)
+        register = action is Action.REGISTER
+        if code or (not register and isinstance(self.authorizer, AllowAll)):
+            return code  # with auth off only a register's target matters
+        try:
+            stored = self.naming.stored_target(instance, register=register)
+        except StoreFailure:
+            return int(wire.Code.StoreLayerException)
+        if stored is None:
+            return None
+        moved = (stored.namespace, stored.service) != (resource.namespace, resource.service)
+        if register and moved:
+            log.info(
+                "denied register of instance %s of %s/%s as one of %s/%s from %s",
+                stored.id,
+                stored.namespace,
+                stored.service,
+                resource.namespace,
+                resource.service,
+                ctx.client_address or "-",
+            )
+            return int(wire.Code.NotAllowedAccess)
+        if stored.namespace == resource.namespace:
+            return None
+        return self._denied(
+            ctx, replace(resource, namespace=stored.namespace, service=stored.service)
+        )
+
     def register_instance(self, instance: Any, ctx: RequestContext) -> Any:
-        code = self._denied(ctx, _instance_resource(Action.REGISTER, instance, ctx))
+        code = self._denied_instance(Action.REGISTER, instance, ctx)
         return response(code) if code else self.naming.register_instance(instance, ctx)
 
     def deregister_instance(self, instance: Any, ctx: RequestContext) -> Any:
-        code = self._denied(ctx, _instance_resource(Action.DEREGISTER, instance, ctx))
+        code = self._denied_instance(Action.DEREGISTER, instance, ctx)
         return response(code) if code else self.naming.deregister_instance(instance, ctx)
 
     def heartbeat(self, instance: Any, ctx: RequestContext) -> Any:
-        code = self._denied(ctx, _instance_resource(Action.HEARTBEAT, instance, ctx))
+        code = self._denied_instance(Action.HEARTBEAT, instance, ctx)
         return response(code) if code else self.naming.heartbeat(instance, ctx)
+
+    def batch_heartbeat(self, request: Any, ctx: RequestContext) -> Any:
+        """``v1.HeartbeatsRequest``: each beat as a heartbeat; the answer is an empty
+        ``v1.HeartbeatsResponse`` whatever they got, as from a real server."""
+        for instance in heartbeat_requests(request.heartbeats):
+            self.heartbeat(instance, ctx)
+        return wire.HeartbeatsResponse()
+
+    def get_heartbeats(self, request: Any, ctx: RequestContext) -> Any:
+        """``v1.GetHeartbeatsRequest``: read like heartbeats, with no token needed."""
+        code = self._denied(ctx, Resource(action=Action.HEARTBEAT, token=ctx.token))
+        if code:
+            return wire.GetHeartbeatsResponse()
+        return self.naming.heartbeat_records(request.instanceIds)
+
+    def delete_heartbeats(self, request: Any, ctx: RequestContext) -> Any:
+        """``v1.DelHeartbeatsRequest``: forgetting beats ages instances toward unhealthy, so
+        each id is authorised as a deregistration in the namespace of its instance."""
+        ids = list(request.instanceIds)
+        if not isinstance(self.authorizer, AllowAll):
+            for instance_id in ids:
+                try:
+                    stored = self.naming.store.get_instance(instance_id)
+                except STORE_ERRORS:
+                    log.exception("store failure in a heartbeat deletion")
+                    return _del_heartbeats(int(wire.Code.StoreLayerException))
+                resource = Resource(
+                    action=Action.DEREGISTER,
+                    namespace=stored.namespace if stored is not None else "",
+                    service=stored.service if stored is not None else "",
+                    token=ctx.token,
+                )
+                code = self._denied(ctx, resource)
+                if code:
+                    return _del_heartbeats(code)
+        return self.naming.delete_heartbeats(ids)
 
     def discover(self, request: Any, ctx: RequestContext, *, only_healthy: bool = False) -> Any:
         service = request.service

@@ -87,6 +87,11 @@ class HeartbeatBook:
         with self._lock:
             return self._beats.get(instance_id)
 
+    def forget_beat(self, instance_id: str) -> None:
+        """Drop the last heartbeat only (the registration time stays)."""
+        with self._lock:
+            self._beats.pop(instance_id, None)
+
     def forget(self, instance_id: str) -> None:
         with self._lock:
             self._registered.pop(instance_id, None)

@@ -38,6 +38,7 @@ from typing import Any, Final
 
 from polaris_sdk import validation, wire
 from polaris_sdk.errors import ValidationError
+from polaris_sdk.server import messages
 from polaris_sdk.server.healthcheck import Beat, HeartbeatBook
 from polaris_sdk.server.store.base import (
     HealthCheckRecord,
@@ -58,8 +59,11 @@ __all__ = [
     "NamingService",
     "RequestContext",
     "ServerFaults",
+    "StoreFailure",
     "code_info",
     "discover_response",
+    "discovered_instance",
+    "heartbeat_requests",
     "instance_to_wire",
     "response",
 ]
@@ -82,50 +86,20 @@ _REQ = wire.DISCOVER_REQUEST_TYPE.values_by_name
 _RESP = wire.DISCOVER_RESPONSE_TYPE.values_by_name
 _INSTANCE = _REQ["INSTANCE"].number
 _SERVICES = _REQ["SERVICES"].number
+_ROUTING = _REQ["ROUTING"].number
+NO_RULES_REVISION: Final = hashlib.sha1(b"").hexdigest()
+"""The revision of an empty rule set (a real server's composite revision of nothing)."""
 # Rule types a real server answers from its rule caches; this server has no
 # rules, so a valid request gets success with nothing in it.
 _RULE_TYPES: Final = frozenset(
     _REQ[name].number for name in ("ROUTING", "RATE_LIMIT", "CIRCUIT_BREAKER", "FAULT_DETECTOR")
 )
 
-# The real server's wording (its code2info table) for every code this server sends.
-_INFO: Final[dict[int, str]] = {
-    200000: "execute success",
-    200001: "discover data is no change",
-    400000: "bad request",
-    400001: "parse exception",
-    400002: "empty request",
-    400004: "invalid discover resource",
-    400103: "invalid parameter",
-    400110: "invalid namespace name",
-    400120: "invalid service name",
-    400130: "invalid instance id",
-    400131: "invalid instance host",
-    400132: "invalid instance port",
-    400136: "invalid instance protocol",
-    400137: "invalid instance version",
-    400138: "invalid instance logic set",
-    400140: "health check is not open",
-    400150: "invalid metadata",
-    400201: "existed resource",
-    400202: "not found resource",
-    400301: "not found service",
-    400303: "not found instances",
-    400305: "not found namespace",
-    401000: "unauthorized",
-    401001: "access is not approved",
-    401002: "auth token empty",
-    401003: "token already disabled",
-    401004: "token not existed",
-    500000: "execute exception",
-    500001: "store layer exception",
-    500007: "heartbeat execute exception",
-}
-
 
 def code_info(code: int) -> str:
-    """The human message a real server puts next to ``code``."""
-    return _INFO.get(code) or wire.Code.name(code)
+    """The message a real server puts next to ``code`` (English; see :mod:`.messages`)."""
+    known = code in messages.LANGUAGES[messages.DEFAULT_LANGUAGE]
+    return messages.code_text(code) if known else wire.Code.name(code)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +155,15 @@ def _echo(instance: Any) -> Any:
     return echo
 
 
+def _as_sent(instance: Any, instance_id: str | None = None) -> Any:
+    """The request instance as sent (token included), with ``instance_id`` filled in."""
+    echo = wire.Instance()
+    echo.CopyFrom(instance)
+    if instance_id is not None:
+        echo.id.value = instance_id
+    return echo
+
+
 def _echo_service(service: Any, namespace: str | None = None) -> Any:
     """The request service as an answer echoes it, without its token."""
     echo = wire.Service()
@@ -201,7 +184,9 @@ def _key_instance(record_id: str, instance: Any) -> Any:
 
 
 def _failure(err: ValidationError) -> str:
-    return f"{code_info(err.code)}: {err}"
+    """The answer's ``info``: the code's text alone, as a real server's; the detail is logged."""
+    log.debug("request refused with %d: %s", err.code, err)
+    return code_info(err.code)
 
 
 def instance_to_wire(record: InstanceRecord) -> Any:
@@ -239,11 +224,33 @@ def instance_to_wire(record: InstanceRecord) -> Any:
 
 
 def _service_to_wire(record: ServiceRecord, revision: str) -> Any:
+    """The service as a Discover answer carries it (``service`` and ``aliasFor``)."""
     msg = wire.Service(
-        name=_str(record.name), namespace=_str(record.namespace), revision=_str(revision)
+        id=_str(record.id),
+        name=_str(record.name),
+        namespace=_str(record.namespace),
+        revision=_str(revision),
+        ctime=_str(_time_text(record.ctime)),
+        mtime=_str(_time_text(record.mtime)),
     )
     if record.metadata:
         msg.metadata.update(record.metadata)
+    return msg
+
+
+def discovered_instance(record: InstanceRecord) -> Any:
+    """The instance as Discover answers it: :func:`instance_to_wire` with the labels a
+    real server's cache copies into the metadata (``version``, ``protocol`` when set;
+    ``region`` / ``zone`` / ``campus`` when a location is), over the client's own keys."""
+    msg = instance_to_wire(record)
+    if record.version:
+        msg.metadata["version"] = record.version
+    if record.protocol:
+        msg.metadata["protocol"] = record.protocol
+    if record.region or record.zone or record.campus:
+        msg.metadata["region"] = record.region
+        msg.metadata["zone"] = record.zone
+        msg.metadata["campus"] = record.campus
     return msg
 
 
@@ -252,7 +259,7 @@ def _health_check(instance: Any) -> HealthCheckRecord | None:
     if not instance.HasField("health_check"):
         return None
     check = instance.health_check
-    if not (check.HasField("heartbeat") or check.type == _HEARTBEAT):
+    if not check.HasField("heartbeat"):  # the type alone turns nothing on
         return None
     if instance.HasField("enable_health_check") and not instance.enable_health_check.value:
         return None
@@ -282,19 +289,45 @@ def _validate_registration(instance: Any) -> None:
     )
 
 
+def registration_id(instance: Any) -> str:
+    """The id a (valid) registration gets: given, or computed from its fields."""
+    return str(instance.id.value) or validation.instance_id(
+        instance.namespace.value,
+        instance.service.value,
+        instance.host.value,
+        instance.port.value,
+        instance.vpc_id.value,
+    )
+
+
+def heartbeat_requests(beats: Any) -> Iterator[Any]:
+    """Each ``v1.InstanceHeartbeat`` as the ``v1.Instance`` of a heartbeat: by its id, or
+    by service, namespace, host and port when it has none."""
+    for beat in beats:
+        if beat.instanceId:
+            yield wire.Instance(id=_str(beat.instanceId))
+            continue
+        instance = wire.Instance(port=wire.UInt32Value(value=beat.port))
+        for name in ("service", "namespace", "host"):
+            if getattr(beat, name):
+                getattr(instance, name).value = getattr(beat, name)
+        yield instance
+
+
 def _instance_key(instance: Any) -> str:
     """The id a deregistration or heartbeat names: given, or computed from the four fields."""
     if instance.HasField("id"):
         validation.check_instance_id(instance.id.value)
         return str(instance.id.value)
-    namespace = validation.check_namespace(instance.namespace.value)
+    # A real server's order (CheckInstanceTetrad): service, namespace, host, port.
     service = validation.check_service(instance.service.value)
+    namespace = validation.check_namespace(instance.namespace.value)
     host = validation.check_host(instance.host.value)
     port = validation.check_port(instance.port.value if instance.HasField("port") else None)
     return validation.instance_id(namespace, service, host, port, instance.vpc_id.value)
 
 
-class _StoreFailure(Exception):
+class StoreFailure(Exception):
     """A store plugin call failed: the request is answered 500001 StoreLayerException."""
 
 
@@ -306,12 +339,12 @@ plugin) or the file system under it. Any other exception is a bug, answered
 
 @contextlib.contextmanager
 def _store_layer(what: str) -> Iterator[None]:
-    """Turn a storage failure inside the store plugin into :class:`_StoreFailure`, logged."""
+    """Turn a storage failure inside the store plugin into :class:`StoreFailure`, logged."""
     try:
         yield
     except STORE_ERRORS as exc:
         log.exception("store failure in %s; answering StoreLayerException", what)
-        raise _StoreFailure(what) from exc
+        raise StoreFailure(what) from exc
 
 
 class _BoundedCounter:
@@ -400,17 +433,14 @@ class NamingService:
     # --------------------------------------------------------- registration
 
     def register_instance(self, instance: Any, ctx: RequestContext = INTERNAL_CONTEXT) -> Any:
-        if instance.ByteSize() == 0:
-            return response(wire.Code.EmptyRequest)
+        # An empty Instance is not nil to a real server: it fails the checks (400120).
         try:
             _validate_registration(instance)
         except ValidationError as err:
             return response(err.code, _failure(err), instance=_echo(instance))
         namespace = instance.namespace.value
         service = instance.service.value
-        instance_id = instance.id.value or validation.instance_id(
-            namespace, service, instance.host.value, instance.port.value, instance.vpc_id.value
-        )
+        instance_id = registration_id(instance)
         now = self._wall()
 
         def build(old: InstanceRecord | None) -> InstanceRecord:
@@ -425,7 +455,7 @@ class NamingService:
                 break
             except LookupError:
                 continue  # cleared between creating the service and writing: create again
-            except _StoreFailure:
+            except StoreFailure:
                 return response(wire.Code.StoreLayerException, instance=_echo(instance))
         else:
             return response(wire.Code.StoreLayerException, instance=_echo(instance))
@@ -441,7 +471,9 @@ class NamingService:
             instance.port.value,
             ctx.request_id or "-",
         )
-        return response(wire.Code.ExecuteSuccess, instance=_key_instance(instance_id, instance))
+        key = _key_instance(instance_id, instance)
+        key.host.value = instance.host.value.strip()  # as stored; the id is of the host as sent
+        return response(wire.Code.ExecuteSuccess, instance=key)
 
     def _ensure_service(self, namespace: str, service: str, now: float) -> None:
         if self.store.get_service(namespace, service) is not None:
@@ -471,7 +503,7 @@ class NamingService:
             id=instance_id,
             namespace=msg.namespace.value,
             service=msg.service.value,
-            host=msg.host.value,
+            host=msg.host.value.strip(),
             port=msg.port.value,
             revision=_new_revision(),
             vpc_id=msg.vpc_id.value,
@@ -493,21 +525,41 @@ class NamingService:
         )
 
     def deregister_instance(self, instance: Any, ctx: RequestContext = INTERNAL_CONTEXT) -> Any:
-        if instance.ByteSize() == 0:
-            return response(wire.Code.EmptyRequest)
+        """Every answer echoes the request as sent (its token too, as a real server
+        does), with the id filled in once it is known."""
         try:
             instance_id = _instance_key(instance)
         except ValidationError as err:
-            return response(err.code, _failure(err), instance=_echo(instance))
+            return response(err.code, _failure(err), instance=_as_sent(instance))
+        echo = _as_sent(instance, instance_id)
         try:
             with _store_layer("deregister"):
                 removed = self.store.delete_instance(instance_id)
-        except _StoreFailure:
-            return response(wire.Code.StoreLayerException, instance=_echo(instance))
+        except StoreFailure:
+            return response(wire.Code.StoreLayerException, instance=echo)
         self.heartbeats.forget(instance_id)
         if removed is not None:
             log.debug("deregistered instance %s (request %s)", instance_id, ctx.request_id or "-")
-        return response(wire.Code.ExecuteSuccess, instance=_key_instance(instance_id, instance))
+        return response(wire.Code.ExecuteSuccess, instance=echo)
+
+    def stored_target(self, instance: Any, *, register: bool) -> InstanceRecord | None:
+        """The stored instance a register (or deregister / heartbeat) request acts on.
+
+        None when the request names no valid id or no such instance is stored.
+        The auth filter authorises against the namespace of this record, since
+        an id (a SHA-1 of public fields) may name an instance anywhere. Raises
+        :class:`StoreFailure` when the store cannot be read.
+        """
+        try:
+            if register:
+                _validate_registration(instance)
+                instance_id = registration_id(instance)
+            else:
+                instance_id = _instance_key(instance)
+        except ValidationError:
+            return None
+        with _store_layer("lookup"):
+            return self.store.get_instance(instance_id)
 
     # ------------------------------------------------------------ heartbeat
 
@@ -516,19 +568,17 @@ class NamingService:
         server answers 400141 for one registered without a heartbeat check)."""
         if not self.health_check:
             return response(wire.Code.HealthCheckNotOpen)
-        if instance.ByteSize() == 0:
-            return response(wire.Code.EmptyRequest)
         try:
             instance_id = _instance_key(instance)
         except ValidationError as err:
-            return response(err.code, _failure(err), instance=_echo(instance))
-        key = _key_instance(instance_id, instance)
+            return response(err.code, _failure(err), instance=_as_sent(instance))
+        key = _as_sent(instance)  # every answer echoes the request as sent
         if self.faults.heartbeat_not_found:
             return response(wire.Code.NotFoundResource, instance=key)
         try:
             with _store_layer("heartbeat"):
                 known = self.store.get_instance(instance_id) is not None
-        except _StoreFailure:
+        except StoreFailure:
             return response(wire.Code.StoreLayerException, instance=key)
         if not known:
             # A real server forgives a few beats that overtake the registration
@@ -538,6 +588,29 @@ class NamingService:
             return response(wire.Code.NotFoundResource, instance=key)
         self.heartbeats.beat(instance_id)
         return response(wire.Code.ExecuteSuccess, instance=key)
+
+    def heartbeat_records(self, instance_ids: Any) -> Any:
+        """``v1.GetHeartbeatsResponse``: the last beat (unix seconds) of each id, if any.
+
+        Empty when health checking is off, as from a real server without a
+        heartbeat checker."""
+        answer = wire.GetHeartbeatsResponse()
+        if not self.health_check:
+            return answer
+        for instance_id in instance_ids:
+            beat = self.heartbeats.last_beat(instance_id)
+            record = answer.records.add(instanceId=instance_id, exist=beat is not None)
+            if beat is not None:
+                record.lastHeartbeatSec = int(beat.wall)
+        return answer
+
+    def delete_heartbeats(self, instance_ids: Any) -> Any:
+        """Forget the last beat of each id (not its instance): ``v1.DelHeartbeatsResponse``,
+        empty as a real server's (no code)."""
+        if self.health_check:
+            for instance_id in instance_ids:
+                self.heartbeats.forget_beat(instance_id)
+        return wire.DelHeartbeatsResponse()
 
     def apply_health(self, record: InstanceRecord, healthy: bool, last_heard: Beat | None) -> bool:
         """Set the instance's health unless it changed since ``record`` was read.
@@ -578,14 +651,15 @@ class NamingService:
                 return self._discover_instances(request, only_healthy)
             if kind == _SERVICES:
                 return self._discover_services(request)
-        except _StoreFailure:
+        except StoreFailure:
             echo = _echo_service(request.service) if request.HasField("service") else None
             return discover_response(wire.Code.StoreLayerException, kind, echo)
         if kind in _RULE_TYPES:
             return self._discover_rules(request)
+        # A real server answers every type it does not serve as a ROUTING answer.
         return discover_response(
             wire.Code.InvalidDiscoverResource,
-            kind,
+            _ROUTING,
             _echo_service(request.service) if request.HasField("service") else None,
         )
 
@@ -607,7 +681,8 @@ class NamingService:
             )
             return discover_response(wire.Code.DataNoChange, _INSTANCE, echo)
         if only_healthy:
-            return self._instances_answer(view, lambda r: r.healthy and not r.isolate)
+            # Health alone, as a real server filters: a healthy isolated instance stays.
+            return self._instances_answer(view, lambda r: r.healthy)
         key = (namespace, asked.name.value)
         with self._answers_lock:
             cached = self._answers.get(key)
@@ -625,16 +700,24 @@ class NamingService:
         answer = discover_response(
             wire.Code.ExecuteSuccess, _INSTANCE, _service_to_wire(view.service, view.revision)
         )
+        answer.aliasFor.CopyFrom(_service_to_wire(view.service, view.service.revision))
         answer.instances.extend(
-            instance_to_wire(r) for r in view.instances if keep is None or keep(r)
+            discovered_instance(r) for r in view.instances if keep is None or keep(r)
         )
         return answer
 
     def _discover_services(self, request: Any) -> Any:
+        if not request.HasField("service"):
+            return discover_response(wire.Code.EmptyRequest, _SERVICES)
         asked = request.service
         namespace = asked.namespace.value
         with _store_layer("discover"):
             services = self.store.list_services(namespace or None)
+        if not services and namespace:
+            # A real server has no revision for a namespace it holds no service of,
+            # so such an answer never turns into DataNoChange.
+            echo = wire.Service(name=_str(asked.name.value), namespace=_str(namespace))
+            return discover_response(wire.Code.ExecuteSuccess, _SERVICES, echo)
         digest = hashlib.sha1()
         for svc in services:
             digest.update(f"{svc.namespace}/{svc.name}/{svc.revision};".encode())
@@ -660,7 +743,20 @@ class NamingService:
             return discover_response(wire.Code.InvalidServiceName, kind, _echo_service(asked))
         if not asked.namespace.value:
             return discover_response(wire.Code.InvalidNamespaceName, kind, _echo_service(asked))
-        return discover_response(wire.Code.ExecuteSuccess, kind, echo)
+        if kind != _ROUTING:
+            return discover_response(wire.Code.ExecuteSuccess, kind, echo)
+        # No rules here, but a real server still answers ROUTING with an empty
+        # rule set and its revision, and DataNoChange once the client has it.
+        if asked.revision.value == NO_RULES_REVISION:
+            return discover_response(wire.Code.DataNoChange, kind, _echo_service(asked))
+        echo.revision.value = NO_RULES_REVISION
+        answer = discover_response(wire.Code.ExecuteSuccess, kind, echo)
+        answer.routing.namespace.CopyFrom(asked.namespace)
+        answer.routing.service.CopyFrom(asked.name)
+        answer.routing.revision.value = NO_RULES_REVISION
+        answer.aliasFor.name.CopyFrom(asked.name)
+        answer.aliasFor.namespace.CopyFrom(asked.namespace)
+        return answer
 
     # -------------------------------------------------------- report client
 

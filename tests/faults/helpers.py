@@ -28,9 +28,9 @@ def healthy_ids(snapshot: ServiceInstances) -> set[str]:
     return {instance.id for instance in snapshot if instance.healthy}
 
 
-POOLED_THREADS = ("polaris-worker_", "polaris-http-worker_", "polaris-listener-", "polaris-status-")
-"""Name prefixes of the threads of bounded pools: the SDK scheduler's workers, the
-embedded server's HTTP workers and the listener and status dispatchers. A pool starts a
+POOLED_THREADS = ("polaris-worker_", "polaris-listener-", "polaris-status-")
+"""Name prefixes of the threads of bounded pools: the SDK scheduler's workers and
+the listener and status dispatchers. A pool starts a
 thread when all of its threads are busy, up to its bound, and keeps it for a
 while (a ThreadPoolExecutor for good), so their number follows how busy the
 process has been, not whether anything leaks."""

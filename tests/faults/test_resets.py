@@ -33,7 +33,6 @@ from polaris_sdk.cache import CacheOptions, ConnectionState
 from polaris_sdk.config import SchedulerConfig
 from polaris_sdk.provider.flow import RegistrationState
 from polaris_sdk.server import PolarisServer
-from polaris_sdk.server.apiserver.http import HttpOptions
 from tests.faults.conftest import LoopFailures
 from tests.faults.helpers import (
     healthy_ids,
@@ -54,7 +53,6 @@ THREAD_SLACK = 4
 while its successor starts."""
 POOL_BOUNDS = {
     "polaris-worker_": 2 * SchedulerConfig().workers,  # the provider's and the consumer's
-    "polaris-http-worker_": HttpOptions().max_connections,
     "polaris-listener-": CacheOptions().listener_workers,
     "polaris-status-": 4,  # the provider's status listener workers
 }

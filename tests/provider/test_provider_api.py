@@ -50,7 +50,8 @@ def test_a_registered_instance_is_listed(provider: ProviderAPI, observer: SDKCon
         50,
         5,
     )
-    assert dict(instance.metadata) == {"env": "prod"}
+    # with the labels a server copies in (a real one does too)
+    assert dict(instance.metadata) == {"env": "prod", "protocol": "http", "version": "1.2.0"}
     assert instance.healthy
 
 

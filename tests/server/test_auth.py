@@ -5,10 +5,13 @@ an unknown one 401004 TokenNotExisted and a token used outside its
 namespaces 401001 NotAllowedAccess; heartbeats and client reports need no
 token (as on a real server); ``instance.service_token`` and
 ``service.token`` override the header's token. No token ever reaches a log.
+An id naming an instance in another namespace is authorised against that
+namespace, and no register can move an instance to another service.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import signal
@@ -256,3 +259,54 @@ def test_cli_server_checks_tokens_from_the_environment(monkeypatch: pytest.Monke
         server.process.send_signal(signal.SIGTERM)
         assert server.finish() == 0
     assert "cli-secret-token" not in "".join(server.output)
+
+
+# ------------------------------------- ids naming instances elsewhere
+
+VICTIM = {"namespace": "default", "service": "victim", "host": "10.0.0.1", "port": 80}
+VICTIM_ID = hashlib.sha1(b"default##victim##10.0.0.1##80").hexdigest()
+
+
+def victim_instances(server: PolarisServer) -> list[tuple[str, str]]:
+    view = server.naming.store.service_instances("default", "victim")
+    return [(r.namespace, r.service) for r in view.instances] if view is not None else []
+
+
+def test_a_scoped_token_cannot_deregister_another_namespaces_instance_by_id(
+    transport: Any, secured: PolarisServer
+) -> None:
+    assert transport.call("RegisterInstance", VICTIM, token=ADMIN) == 200000
+    by_id = {"id": VICTIM_ID, "namespace": "team-a", "service": "victim"}
+    assert transport.call("DeregisterInstance", by_id, token=SCOPED) == 401001
+    assert transport.call("DeregisterInstance", {"id": VICTIM_ID}, token=SCOPED) == 401001
+    assert victim_instances(secured) == [("default", "victim")]
+    assert transport.call("DeregisterInstance", by_id, token=ADMIN) == 200000
+    assert victim_instances(secured) == []
+
+
+def test_a_register_cannot_move_an_instance_by_its_id(
+    transport: Any, secured: PolarisServer
+) -> None:
+    assert transport.call("RegisterInstance", VICTIM, token=ADMIN) == 200000
+    moved = {**VICTIM, "id": VICTIM_ID, "namespace": "team-a"}
+    assert transport.call("RegisterInstance", moved, token=SCOPED) == 401001
+    assert transport.call("RegisterInstance", moved, token=ADMIN) == 401001
+    renamed = {**VICTIM, "id": VICTIM_ID, "service": "other"}
+    assert transport.call("RegisterInstance", renamed, token=ADMIN) == 401001
+    assert victim_instances(secured) == [("default", "victim")]
+    # The same id in its own service and namespace is still an upsert.
+    assert transport.call("RegisterInstance", {**VICTIM, "id": VICTIM_ID}, token=ADMIN) == 200000
+
+
+def test_a_register_cannot_move_an_instance_with_auth_off(server: PolarisServer) -> None:
+    with http_client(server.http_address) as client:
+        assert code_of(post(client, "RegisterInstance", VICTIM)) == 200000
+        moved = {**VICTIM, "id": VICTIM_ID, "namespace": "elsewhere"}
+        assert code_of(post(client, "RegisterInstance", moved)) == 401001
+    assert victim_instances(server) == [("default", "victim")]
+
+
+def test_heartbeats_by_id_still_need_no_token(transport: Any) -> None:
+    beat = {**VICTIM, "healthCheck": {"type": "HEARTBEAT", "heartbeat": {"ttl": 5}}}
+    assert transport.call("RegisterInstance", beat, token=ADMIN) == 200000
+    assert transport.call("Heartbeat", {"id": VICTIM_ID, "namespace": "team-a"}) == 200000

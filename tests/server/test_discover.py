@@ -6,6 +6,7 @@ import hashlib
 from typing import Any
 
 import grpc
+import pytest
 from polarismesh_specification.api.v1.model import code_pb2
 from polarismesh_specification.api.v1.service_manage import (
     grpcapi_pb2_grpc,
@@ -147,7 +148,7 @@ def test_services_lists_a_namespace_or_all(stub: Stub) -> None:
     assert sorted(x.name.value for x in one.services) == ["a", "b"]
     listed = {(x.namespace.value, x.name.value) for x in every.services}
     assert {("ns1", "a"), ("ns1", "b"), ("ns2", "c")} <= listed
-    assert ("Polaris", "polaris.discover") in listed
+    assert ("Polaris", "polaris.checker") in listed
 
 
 def test_services_same_revision_is_data_no_change_until_a_service_appears(stub: Stub) -> None:
@@ -163,23 +164,109 @@ def test_services_same_revision_is_data_no_change_until_a_service_appears(stub: 
     assert len(changed.services) == 2
 
 
+RULE_TYPES = {
+    request_pb2.DiscoverRequest.RATE_LIMIT: response_pb2.DiscoverResponse.RATE_LIMIT,
+    request_pb2.DiscoverRequest.CIRCUIT_BREAKER: response_pb2.DiscoverResponse.CIRCUIT_BREAKER,
+    request_pb2.DiscoverRequest.FAULT_DETECTOR: response_pb2.DiscoverResponse.FAULT_DETECTOR,
+}
+
+
 def test_rule_types_answer_success_with_no_rules(stub: Stub) -> None:
-    request = discover_request(kind=request_pb2.DiscoverRequest.ROUTING)
+    for kind, answer_type in RULE_TYPES.items():
+        answer = discover(stub, discover_request(kind=kind))
 
-    answer = discover(stub, request)
-
-    assert answer.code.value == code_pb2.ExecuteSuccess
-    assert answer.type == response_pb2.DiscoverResponse.ROUTING
-    assert not answer.HasField("routing")
+        assert answer.code.value == code_pb2.ExecuteSuccess
+        assert answer.type == answer_type
+        assert not answer.HasField("rateLimit") and not answer.HasField("circuitBreaker")
 
 
-def test_unsupported_type_is_an_invalid_discover_resource(stub: Stub) -> None:
-    request = discover_request(kind=request_pb2.DiscoverRequest.LANE)
+def test_routing_without_rules_is_an_empty_rule_set_with_a_revision(stub: Stub) -> None:
+    with DiscoverStream(stub) as stream:
+        first = stream.ask(discover_request(kind=request_pb2.DiscoverRequest.ROUTING))
+        again = stream.ask(
+            discover_request(revision=EMPTY_SHA1, kind=request_pb2.DiscoverRequest.ROUTING)
+        )
 
-    answer = discover(stub, request)
+    assert first.code.value == code_pb2.ExecuteSuccess
+    assert first.type == response_pb2.DiscoverResponse.ROUTING
+    assert first.routing.revision.value == first.service.revision.value == EMPTY_SHA1
+    assert (first.routing.namespace.value, first.routing.service.value) == ("default", "echo")
+    assert not first.routing.inbounds and not first.routing.outbounds
+    assert again.code.value == code_pb2.DataNoChange
+    assert again.type == response_pb2.DiscoverResponse.ROUTING
+    assert not again.HasField("routing")
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        request_pb2.DiscoverRequest.LANE,
+        request_pb2.DiscoverRequest.CUSTOM_ROUTE_RULE,
+        request_pb2.DiscoverRequest.NEARBY_ROUTE_RULE,
+        request_pb2.DiscoverRequest.LOSSLESS,
+        request_pb2.DiscoverRequest.BLOCK_ALLOW_RULE,
+        request_pb2.DiscoverRequest.UNKNOWN,
+    ],
+)
+def test_unsupported_type_is_an_invalid_discover_resource_of_type_routing(
+    stub: Stub, kind: int
+) -> None:
+    answer = discover(stub, discover_request(kind=kind))
 
     assert answer.code.value == code_pb2.InvalidDiscoverResource
+    assert answer.type == response_pb2.DiscoverResponse.ROUTING
     assert answer.service.name.value == "echo"
+
+
+def test_services_of_a_namespace_without_services_carry_no_revision(stub: Stub) -> None:
+    with DiscoverStream(stub) as stream:
+        first = stream.ask(discover_request("", "nowhere", kind=SERVICES))
+        again = stream.ask(discover_request("", "nowhere", first.service.revision.value, SERVICES))
+
+    for answer in (first, again):
+        assert answer.code.value == code_pb2.ExecuteSuccess
+        assert not answer.service.revision.value
+        assert not answer.services
+
+
+def test_services_without_a_service_message_is_empty(stub: Stub) -> None:
+    answer = discover(stub, request_pb2.DiscoverRequest(type=SERVICES))
+
+    assert answer.code.value == code_pb2.EmptyRequest
+    assert answer.type == response_pb2.DiscoverResponse.SERVICES
+
+
+def test_instances_carry_their_labels_in_the_metadata(stub: Stub) -> None:
+    located = instance(host="10.0.0.1", protocol=s("grpc"), version=s("1.2.0"))
+    located.location.region.value = "r1"
+    located.location.zone.value = "z1"
+    located.metadata["version"] = "overridden"
+    stub.RegisterInstance(located, timeout=CALL_TIMEOUT)
+    stub.RegisterInstance(instance(host="10.0.0.2", metadata={"k": "v"}), timeout=CALL_TIMEOUT)
+
+    answer = discover(stub, discover_request())
+
+    metadata = {i.host.value: dict(i.metadata) for i in answer.instances}
+    assert metadata == {
+        "10.0.0.1": {
+            "version": "1.2.0",
+            "protocol": "grpc",
+            "region": "r1",
+            "zone": "z1",
+            "campus": "",
+        },
+        "10.0.0.2": {"k": "v"},
+    }
+
+
+def test_the_answer_names_the_service_by_id_and_what_it_is_an_alias_for(stub: Stub) -> None:
+    register(stub)
+
+    answer = discover(stub, discover_request())
+
+    assert answer.service.id.value
+    assert answer.aliasFor.id.value == answer.service.id.value
+    assert (answer.aliasFor.namespace.value, answer.aliasFor.name.value) == ("default", "echo")
 
 
 def test_request_without_a_service_is_empty(stub: Stub) -> None:

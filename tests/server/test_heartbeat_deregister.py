@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import pytest
 from polarismesh_specification.api.v1.model import code_pb2
-from polarismesh_specification.api.v1.service_manage import grpcapi_pb2_grpc
+from polarismesh_specification.api.v1.service_manage import grpcapi_pb2_grpc, service_pb2
 
 from polaris_sdk.server import PolarisServer
 from polaris_sdk.server.naming import FORGIVEN_HEARTBEATS
-from tests.server.helpers import CALL_TIMEOUT, discover, discover_request, instance, new_stub, s
+from tests.server.helpers import (
+    CALL_TIMEOUT,
+    discover,
+    discover_request,
+    instance,
+    new_stub,
+    s,
+    u,
+)
 
 Stub = grpcapi_pb2_grpc.PolarisGRPCStub
 
@@ -69,7 +78,9 @@ def test_deregister_keeps_the_service_with_the_empty_revision(stub: Stub) -> Non
         (instance(namespace=None), code_pb2.InvalidNamespaceName),
         (instance(host=None), code_pb2.InvalidInstanceHost),
         (instance(port=None), code_pb2.InvalidInstancePort),
-        (instance(None, None, None, None), code_pb2.EmptyRequest),
+        # An empty Instance is not nil to a real server: the service is missing.
+        (instance(None, None, None, None), code_pb2.InvalidServiceName),
+        (instance(None, None, host=None), code_pb2.InvalidServiceName),
     ],
 )
 def test_deregister_and_heartbeat_check_the_instance_key(stub: Stub, msg: Any, code: int) -> None:
@@ -97,8 +108,23 @@ def test_heartbeat_of_a_known_instance_succeeds(server: PolarisServer, stub: Stu
     answer = stub.Heartbeat(instance(), timeout=CALL_TIMEOUT)
 
     assert answer.code.value == code_pb2.ExecuteSuccess
-    assert answer.instance.id.value == iid
+    assert answer.instance == instance()  # the request as sent
     assert server.naming.heartbeats.last_beat(iid) is not None
+
+
+def test_deregister_and_heartbeat_answers_echo_the_request_as_sent(stub: Stub) -> None:
+    stub.RegisterInstance(instance(ttl=5), timeout=CALL_TIMEOUT)
+    sent = instance(service_token=s("svc-token"), metadata={"k": "v"}, weight=u(7))
+
+    beat = stub.Heartbeat(sent, timeout=CALL_TIMEOUT)
+    gone = stub.DeregisterInstance(sent, timeout=CALL_TIMEOUT)
+
+    assert beat.code.value == gone.code.value == code_pb2.ExecuteSuccess
+    assert beat.instance == sent
+    expected = service_pb2.Instance()
+    expected.CopyFrom(sent)
+    expected.id.value = hashlib.sha1(b"default##echo##10.0.0.1##8080").hexdigest()
+    assert gone.instance == expected  # as sent, with the id it names
 
 
 def test_heartbeat_by_id(stub: Stub) -> None:

@@ -10,7 +10,7 @@ from polarismesh_specification.api.v1.service_manage import client_pb2, grpcapi_
 from pytest_mock import MockerFixture
 
 from polaris_sdk import wire
-from polaris_sdk.server import SYSTEM_SERVICES, PolarisServer
+from polaris_sdk.server import DEFAULT_SYSTEM_SERVICES, SYSTEM_SERVICES, PolarisServer
 from polaris_sdk.server.auth import Action, Resource
 from polaris_sdk.server.naming import RequestContext
 from tests.server.helpers import (
@@ -32,9 +32,12 @@ Stub = grpcapi_pb2_grpc.PolarisGRPCStub
 
 @pytest.mark.parametrize("service", SYSTEM_SERVICES)
 def test_server_registers_itself_in_the_polaris_namespace(
-    server: PolarisServer, stub: Stub, service: str
+    no_thread_leak: None, service: str
 ) -> None:
-    answer = discover(stub, discover_request(service, "Polaris"))
+    with PolarisServer(system_services=SYSTEM_SERVICES) as server:
+        channel, stub = new_stub(server.grpc_address)
+        with channel:
+            answer = discover(stub, discover_request(service, "Polaris"))
 
     assert answer.code.value == code_pb2.ExecuteSuccess
     (me,) = answer.instances
@@ -46,19 +49,31 @@ def test_server_registers_itself_in_the_polaris_namespace(
     assert me.metadata["polaris_service"] == service
 
 
+def test_by_default_only_the_checker_is_registered(stub: Stub) -> None:
+    answer = discover(stub, discover_request("", "Polaris", kind=SERVICES))
+
+    assert [x.name.value for x in answer.services] == ["polaris.checker"]
+    assert DEFAULT_SYSTEM_SERVICES == ("polaris.checker",)
+
+
 def test_system_services_come_back_after_clear(server: PolarisServer, stub: Stub) -> None:
     server.clear()
 
     answer = discover(stub, discover_request("", "Polaris", kind=SERVICES))
 
-    assert sorted(x.name.value for x in answer.services) == sorted(SYSTEM_SERVICES)
+    assert sorted(x.name.value for x in answer.services) == sorted(DEFAULT_SYSTEM_SERVICES)
+
+
+def test_system_service_names_are_checked() -> None:
+    with pytest.raises(ValueError, match="system_services"):
+        PolarisServer(system_services=["bad name!"])
 
 
 def test_wildcard_host_registers_a_reachable_address(no_thread_leak: None) -> None:
     with PolarisServer(host="0.0.0.0", advertise_host="127.0.0.1") as server:
         channel, stub = new_stub(server.grpc_address)
         with channel:
-            answer = discover(stub, discover_request("polaris.discover", "Polaris"))
+            answer = discover(stub, discover_request("polaris.checker", "Polaris"))
 
     assert server.grpc_address.startswith("127.0.0.1:")
     assert answer.instances[0].host.value == "127.0.0.1"

@@ -122,7 +122,15 @@ def test_register_keeps_every_field(stub: Stub) -> None:
     assert (got.priority.value, got.weight.value) == (2, 0)
     assert got.healthy.value is False
     assert got.logic_set.value == "set-a"
-    assert dict(got.metadata) == {"env": "prod"}
+    # Discover adds the labels a real server copies into the metadata.
+    assert dict(got.metadata) == {
+        "env": "prod",
+        "protocol": "http",
+        "version": "1.2.0",
+        "region": "r1",
+        "zone": "z1",
+        "campus": "c1",
+    }
     assert (got.location.region.value, got.location.zone.value) == ("r1", "z1")
     assert got.location.campus.value == "c1"
     assert not got.service_token.value
@@ -147,10 +155,29 @@ def test_health_check_off_when_enable_health_check_is_false(stub: Stub) -> None:
 
 def test_health_check_on_without_a_ttl_uses_5(stub: Stub) -> None:
     msg = instance(enable_health_check=b(True))
-    msg.health_check.type = msg.health_check.HEARTBEAT
+    msg.health_check.heartbeat.SetInParent()
     iid = register(stub, msg).instance.id.value
 
     assert listed(stub)[iid].health_check.heartbeat.ttl.value == 5
+
+
+def test_a_heartbeat_type_without_a_heartbeat_leaves_health_checking_off(stub: Stub) -> None:
+    msg = instance(enable_health_check=b(True))
+    msg.health_check.type = msg.health_check.HEARTBEAT
+    iid = register(stub, msg).instance.id.value
+
+    got = listed(stub)[iid]
+    assert got.enable_health_check.value is False
+    assert not got.HasField("health_check")
+
+
+def test_the_host_is_stored_trimmed_under_the_id_of_the_host_as_sent(stub: Stub) -> None:
+    answer = register(stub, instance(host=" 10.0.0.9\t"))
+
+    iid = answer.instance.id.value
+    assert iid == hashlib.sha1(b"default##echo## 10.0.0.9\t##8080").hexdigest()
+    assert answer.instance.host.value == "10.0.0.9"
+    assert listed(stub)[iid].host.value == "10.0.0.9"
 
 
 def _long(n: int) -> str:
@@ -178,7 +205,7 @@ def _long(n: int) -> str:
         (instance(metadata={f"k{i}": "v" for i in range(65)}), code_pb2.InvalidMetadata),
         (instance(metadata={_long(129): "v"}), code_pb2.InvalidMetadata),
         (instance(metadata={"k": _long(4097)}), code_pb2.InvalidMetadata),
-        (instance(service=None, namespace=None, host=None, port=None), code_pb2.EmptyRequest),
+        (instance(service=None, namespace=None, host=None, port=None), code_pb2.InvalidServiceName),
     ],
 )
 def test_invalid_registrations_get_their_code_and_store_nothing(

@@ -40,7 +40,7 @@ def test_heartbeat_not_found_answers_400202_at_once_and_records_nothing(
 
     # A known instance, and no forgiven beats first: the fault is immediate.
     assert [r.code.value for r in refused] == [code_pb2.NotFoundResource] * 2
-    assert refused[0].instance.id.value == iid
+    assert refused[0].instance == instance()  # the request, echoed as sent
     assert recorded_while_on is None
     assert accepted.code.value == code_pb2.ExecuteSuccess
     assert polaris.server.naming.heartbeats.last_beat(iid) is not None
@@ -89,7 +89,7 @@ def test_reset_gives_a_running_empty_server_without_faults(
     assert not polaris.faults.heartbeat_not_found
     assert polaris.instances("echo") == []
     # The server's own registrations come back with it.
-    assert len(polaris.instances("polaris.discover", "Polaris")) == 1
+    assert len(polaris.instances("polaris.checker", "Polaris")) == 1
 
 
 def test_instances_and_wait_for_instances(

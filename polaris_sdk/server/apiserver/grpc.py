@@ -1,4 +1,5 @@
-"""The gRPC apiserver: ``v1.PolarisGRPC`` on a ``grpc.aio`` server.
+"""The gRPC apiserver: ``v1.PolarisGRPC`` and ``v1.PolarisHeartbeatGRPC`` on a
+``grpc.aio`` server, both on the one client port, as on a real server.
 
 Handlers are generic, built from :data:`polaris_sdk.wire.POLARIS_GRPC_METHODS`,
 so the method paths (``/v1.PolarisGRPC/RegisterInstance`` ...) and bytes are
@@ -6,6 +7,13 @@ the official ones. Every handler answers with gRPC status OK and puts the
 result in ``Response.code`` / ``DiscoverResponse.code``: an unparseable
 message gets 400001 ParseException, an exception inside a handler is logged
 and answered with 500000 ExecuteException, and neither ends a Discover stream.
+
+``v1.PolarisHeartbeatGRPC``: BatchHeartbeat (a stream) takes each message's
+beats as heartbeats and answers an empty ``HeartbeatsResponse`` per message,
+dropping the codes (400202 too) as a real server does; BatchGetHeartbeat
+answers each id's last beat, BatchDelHeartbeat forgets them. Their messages
+carry no code to put a parse failure in, so an unparseable one fails the call
+(INTERNAL), as on a real server.
 
 With ``credentials`` (``grpc.ssl_server_credentials``) the port serves TLS only.
 
@@ -171,6 +179,43 @@ class GrpcApiServer:
             log.exception("Discover failed")
             return discover_response(wire.Code.ExecuteException, request.type)
 
+    def _heartbeat_handlers(self) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+        methods = wire.POLARIS_HEARTBEAT_GRPC_METHODS
+
+        def unary(call: UnaryCall) -> Callable[[Any, Any], Any]:
+            async def handle(request: Any, context: Any) -> Any:
+                return call(request, request_context(context))
+
+            return handle
+
+        handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+            name: grpc.unary_unary_rpc_method_handler(
+                unary(call),
+                request_deserializer=methods[name].request.FromString,
+                response_serializer=methods[name].response.SerializeToString,
+            )
+            for name, call in (
+                ("BatchGetHeartbeat", self._api.get_heartbeats),
+                ("BatchDelHeartbeat", self._api.delete_heartbeats),
+            )
+        }
+        handlers["BatchHeartbeat"] = grpc.stream_stream_rpc_method_handler(
+            self._batch_heartbeat,
+            request_deserializer=methods["BatchHeartbeat"].request.FromString,
+            response_serializer=methods["BatchHeartbeat"].response.SerializeToString,
+        )
+        return handlers
+
+    async def _batch_heartbeat(self, requests: AsyncIterator[Any], context: Any) -> Any:
+        ctx = request_context(context)
+        async for request in requests:
+            try:
+                answer = self._api.batch_heartbeat(request, ctx)
+            except Exception:
+                log.exception("BatchHeartbeat failed")
+                answer = wire.HeartbeatsResponse()
+            yield answer
+
     async def _discover(self, requests: AsyncIterator[Any], context: Any) -> None:
         stream = _Stream()
         self._streams.add(stream)
@@ -217,7 +262,12 @@ class GrpcApiServer:
         """Listen and serve; return the bound port. Raises OSError when the port is taken."""
         server = grpc.aio.server(options=SERVER_OPTIONS)
         server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(wire.POLARIS_GRPC_SERVICE, self._handlers()),)
+            (
+                grpc.method_handlers_generic_handler(wire.POLARIS_GRPC_SERVICE, self._handlers()),
+                grpc.method_handlers_generic_handler(
+                    wire.POLARIS_HEARTBEAT_GRPC_SERVICE, self._heartbeat_handlers()
+                ),
+            )
         )
         address = format_address(self._host, self._port)
         try:
