@@ -5,6 +5,8 @@ Routes (``POST`` only; other methods get 405, other paths 404):
 ``/v1/Discover``, ``/v1/ReportClient``. Each goes through the same
 :class:`~polaris_sdk.server.auth.AuthFilter` and naming service as gRPC, so
 every rule and code is the same on both transports.
+With an ``admin`` (:class:`~.admin.AdminApi`), the paths it accepts (admin
+API, console, ``/metrics``, ``/`` and ``/healthz``) are handed to it first.
 
 The JSON is a real server's (Go ``jsonpb`` with ``AllowUnknownFields`` in,
 ``EmitDefaults`` out):
@@ -70,8 +72,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
-from typing import Any, Final
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import parse_qs, urlsplit
 
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -80,6 +82,9 @@ from polaris_sdk import wire
 from polaris_sdk.server.apiserver.grpc import format_address
 from polaris_sdk.server.auth import AuthFilter
 from polaris_sdk.server.naming import RequestContext, code_info, response
+
+if TYPE_CHECKING:
+    from polaris_sdk.server.apiserver.admin import AdminApi
 
 __all__ = [
     "ROUTES",
@@ -434,6 +439,8 @@ class _Handler(BaseHTTPRequestHandler):
     # -------------------------------------------------------- methods
 
     def do_POST(self) -> None:
+        if self._admin():
+            return
         path = urlsplit(self.path).path
         route = ROUTES.get(path)
         if route is None:
@@ -470,6 +477,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._refuse(HTTPStatus.NOT_FOUND, f"no API at {urlsplit(self.path).path}")
 
     def _not_allowed(self) -> None:
+        if self._admin():
+            return
         if urlsplit(self.path).path not in ROUTES:
             self._no_route()
             return
@@ -481,6 +490,41 @@ class _Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self.close_connection = True
         self._send(HTTPStatus.METHOD_NOT_ALLOWED, b"", {"Allow": "POST"}, None)
+
+    def _admin(self) -> bool:
+        """Answer an admin API, console, metrics or health request; False for any other."""
+        admin = self.server.admin
+        parts = urlsplit(self.path)
+        if admin is None or not admin.accepts(self.command, parts.path):
+            return False
+        try:
+            body = self._read_body() if self.command in ("POST", "PUT") else b""
+        except _BodyError as err:
+            self.close_connection = True
+            self._refuse(err.status, str(err))
+            return True
+        query = {k: v[0] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        host, port = self.client_address[:2]
+        answer = admin.handle(
+            self.command,
+            parts.path,
+            query,
+            dict(self.headers.items()),
+            body,
+            client=format_address(str(host), int(port)),
+        )
+        if answer is None:
+            return False
+        head = [f"HTTP/1.1 {answer.status} {HTTPStatus(answer.status).phrase}"]
+        head += [f"{name}: {value}" for name, value in answer.headers]
+        head.append(f"Content-Length: {len(answer.body)}")
+        if self.close_connection:
+            head.append("Connection: close")
+        self.wfile.write(
+            ("\r\n".join(head) + "\r\n\r\n").encode("latin-1", "replace") + answer.body
+        )
+        self.log_request(answer.status, len(answer.body))
+        return True
 
     # ------------------------------------------------------------ body
 
@@ -637,7 +681,9 @@ class _Server(socketserver.TCPServer):
         api: AuthFilter,
         options: HttpOptions,
         tls: ssl.SSLContext | None,
+        admin: AdminApi | None = None,
     ) -> None:
+        self.admin = admin
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.api = api
         self.options = options
@@ -772,8 +818,10 @@ class HttpApiServer:
         *,
         tls: ssl.SSLContext | None = None,
         options: HttpOptions | None = None,
+        admin: AdminApi | None = None,
     ) -> None:
         self._api = api
+        self._admin = admin
         self._host = host
         self._port = port
         self._tls = tls
@@ -803,7 +851,7 @@ class HttpApiServer:
         """Listen and serve; return the bound port. Raises OSError when the port is taken."""
         if self._server is not None:
             return self._port
-        server = _Server(self._host, self._port, self._api, self.options, self._tls)
+        server = _Server(self._host, self._port, self._api, self.options, self._tls, self._admin)
         server.socket.setblocking(False)
         self._port = int(server.server_address[1])
         self._stop.clear()
