@@ -72,7 +72,7 @@
     next.disabled = offset + PAGE >= amount;
     next.onclick = function () { go(offset + PAGE); };
     var where = document.createElement("span");
-    where.textContent = (offset + 1) + "–" + Math.min(offset + PAGE, amount) + " of " + amount;
+    where.textContent = (offset + 1) + "-" + Math.min(offset + PAGE, amount) + " of " + amount;
     nav.append(prev, next, where);
   }
 
