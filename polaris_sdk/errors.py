@@ -101,9 +101,20 @@ class ServerError(PolarisError):
     retriable: bool = False
 
     def __init__(self, code: int, info: str = "") -> None:
-        super().__init__(f"{code} {info}".strip())
+        message = f"{code} {info}".strip()
+        if code in _HINTS:
+            message += f": {_HINTS[code]}"
+        super().__init__(message)
         self.code = code
         self.info = info
+
+
+# What to do about an answer, added to its message.
+_HINTS: Final[dict[int, str]] = {
+    401002: "this server wants a token; set POLARIS_TOKEN or global.serverConnector.token",
+    401004: "the server does not know this token; check POLARIS_TOKEN or"
+    " global.serverConnector.token",
+}
 
 
 class BadRequestError(ServerError):

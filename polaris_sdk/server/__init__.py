@@ -32,6 +32,12 @@ server's default configuration does; ``polaris.discover`` and
 ``polaris.healthcheck`` (:data:`SYSTEM_SERVICES`) are there for clients
 that bootstrap through them, when asked for.
 
+Admin side of the HTTP port: the admin API of a real server
+(``GET /naming/v1/namespaces``, ``/services``, ``/instances``; ``POST`` /
+``PUT /naming/v1/instances``, ``POST /naming/v1/instances/delete``), a
+read-only console at ``/console``, Prometheus metrics at ``/metrics`` and a
+health answer at ``/healthz`` (:mod:`.apiserver.admin`).
+
 Storage: with ``data_dir`` the registrations live in SQLite
 (``data_dir/polaris.db``, :class:`~.store.SqliteStore`), without it in memory.
 :meth:`~PolarisServer.stop` closes the database and releases the directory;
@@ -62,10 +68,12 @@ import grpc
 
 from polaris_sdk import validation, wire
 from polaris_sdk.errors import ValidationError
+from polaris_sdk.server.apiserver.admin import AdminApi
 from polaris_sdk.server.apiserver.grpc import GrpcApiServer, format_address
 from polaris_sdk.server.apiserver.http import HttpApiServer, HttpOptions
 from polaris_sdk.server.auth import AuthFilter, Authorizer, TokenAuthorizer, Tokens
 from polaris_sdk.server.healthcheck import DEFAULT_CHECK_INTERVAL, HealthChecker
+from polaris_sdk.server.metrics import MeteredAuthFilter, ServerMetrics
 from polaris_sdk.server.naming import SYSTEM_NAMESPACE, NamingService, ServerFaults
 from polaris_sdk.server.store import MemoryStore, SqliteStore, Store
 from polaris_sdk.server.store.sqlite import DB_FILENAME
@@ -145,6 +153,14 @@ class PolarisServer:
     ``host``, or this machine's address when ``host`` is a wildcard);
     ``system_services`` the services it registers itself as in namespace
     ``Polaris`` (default: :data:`DEFAULT_SYSTEM_SERVICES`).
+    ``delete_unhealthy_after`` (seconds; default None: never) deletes a
+    heartbeat-checked instance once it has stayed unhealthy that long, as a
+    real server's ``DeleteUnHealthyInstance`` job does.
+
+    The HTTP port also serves the admin API (``/naming/v1/...``), the console
+    (``/console``), ``/metrics`` and ``/healthz``
+    (:mod:`~.apiserver.admin`); ``metrics`` is the
+    :class:`~.metrics.ServerMetrics` behind ``/metrics``.
 
     ``naming`` is the :class:`~polaris_sdk.server.naming.NamingService`; its
     ``store`` and ``heartbeats`` let a test look inside.
@@ -168,6 +184,7 @@ class PolarisServer:
         advertise_host: str | None = None,
         system_services: Iterable[str] = DEFAULT_SYSTEM_SERVICES,
         stop_grace: float = 1.0,
+        delete_unhealthy_after: float | None = None,
     ) -> None:
         for name, port in (("grpc_port", grpc_port), ("http_port", http_port)):
             if not 0 <= port <= 65535:
@@ -199,12 +216,17 @@ class PolarisServer:
         self.naming = NamingService(store or MemoryStore(), health_check=health_check)
         if tokens:
             auth = TokenAuthorizer(tokens)
-        self._api = AuthFilter(self.naming, auth)
+        self.metrics = ServerMetrics(self.naming.store)
+        self._api = MeteredAuthFilter(self.naming, auth, self.metrics, "grpc")
+        self._http_api = MeteredAuthFilter(self.naming, auth, self.metrics, "http")
+        self._admin = AdminApi(AuthFilter(self.naming, auth), self.metrics, lambda: self.running)
         self._checker = HealthChecker(
             self.naming.store,
             self.naming.heartbeats,
             self.naming.apply_health,
             interval=health_check_interval,
+            delete_unhealthy_after=delete_unhealthy_after,
+            delete=self._delete_unhealthy,
         )
         self._lock = threading.Lock()
         self._running: _Running | None = None
@@ -350,6 +372,7 @@ class PolarisServer:
                 self._http_port,
                 tls=self._tls.ssl_context() if self._tls is not None else None,
                 options=self._http_options,
+                admin=self._admin,
             )
             try:
                 self._http_port = await http_server.start()
@@ -432,6 +455,16 @@ class PolarisServer:
             return grpc_server.drop_streams()
 
         return asyncio.run_coroutine_threadsafe(drop(), running.loop).result(_START_TIMEOUT)
+
+    def _delete_unhealthy(self, record: Any) -> bool:
+        """Delete an instance the health checker found unhealthy too long, unless it changed."""
+        current = self.naming.store.get_instance(record.id)
+        if current is None or current.revision != record.revision:
+            return False
+        answer = self.naming.deregister_instance(
+            wire.Instance(id=wire.StringValue(value=record.id))
+        )
+        return bool(answer.code.value == wire.Code.ExecuteSuccess)
 
     # ---------------------------------------------------- self registration
 

@@ -16,7 +16,10 @@ everywhere or limited to some namespaces:
   401002 EmptyAutToken, an unknown one 401004 TokenNotExisted, a token used
   outside its namespaces 401001 NotAllowedAccess;
 * heartbeats and client reports pass without a token, as on a real server
-  (its health check server does no auth check).
+  (its health check server does no auth check);
+* the admin API (:mod:`.apiserver.admin`) asks through :meth:`AuthFilter.check`:
+  its reads (``LIST``) and writes (``REGISTER``, ``UPDATE``, ``DEREGISTER``)
+  need a token valid for the namespace, as the writes above do.
 
 An instance id is the SHA-1 of public fields, so anyone can compute the id
 of an instance in a namespace their token does not cover. The filter
@@ -96,6 +99,8 @@ class Action(enum.Enum):
     HEARTBEAT = "heartbeat"
     DISCOVER = "discover"
     REPORT_CLIENT = "report_client"
+    LIST = "list"  # the admin API's reads: namespaces, services, instances
+    UPDATE = "update"  # the admin API's instance updates (isolate, weight, metadata)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +236,10 @@ class AuthFilter:
     def __init__(self, naming: NamingService, authorizer: Authorizer | None = None) -> None:
         self.naming = naming
         self.authorizer: Authorizer = authorizer or AllowAll()
+
+    def check(self, ctx: RequestContext, resource: Resource) -> int | None:
+        """None when ``resource`` may be touched, else the code to deny with (logged)."""
+        return self._denied(ctx, resource)
 
     def _denied(self, ctx: RequestContext, resource: Resource) -> int | None:
         code = self.authorizer.authorize(ctx, resource)

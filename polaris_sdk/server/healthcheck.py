@@ -14,6 +14,12 @@ time for the ``internal-lastheartbeat`` metadata). It is thread-safe.
 
 A decision is applied through a callback (the naming service), which bumps
 the revision and guards against a concurrent change by comparing revisions.
+
+With ``delete_unhealthy_after`` (seconds; None, the default, never deletes)
+an instance that has stayed unhealthy that long, counted from the first check
+that saw it unhealthy, is handed to the ``delete`` callback, as a real
+server's ``DeleteUnHealthyInstance`` job deletes it; the callback declines
+when the instance changed in between.
 :meth:`HealthChecker.run` is the supervised loop: an exception in a check is
 logged and the loop goes on after a backoff; it only ends when told to stop.
 """
@@ -37,6 +43,7 @@ __all__ = [
     "HealthChecker",
     "HeartbeatBook",
     "decide_health",
+    "overdue_unhealthy",
 ]
 
 log = logging.getLogger("polaris_sdk.server.healthcheck")
@@ -121,6 +128,24 @@ def decide_health(
 
 # (record, healthy, last beat or registration) -> applied?
 ApplyHealth = Callable[[InstanceRecord, bool, Beat | None], bool]
+# record -> deleted?
+DeleteInstance = Callable[[InstanceRecord], bool]
+
+
+def overdue_unhealthy(
+    unhealthy_since: dict[str, float], unhealthy_ids: set[str], now: float, after: float
+) -> list[str]:
+    """The ids unhealthy for longer than ``after``; updates ``unhealthy_since`` in place.
+
+    ``unhealthy_ids`` are the instances unhealthy now: new ones start their
+    clock at ``now``, ids no longer unhealthy (healthy again, or gone) are forgotten.
+    """
+    for instance_id in list(unhealthy_since):
+        if instance_id not in unhealthy_ids:
+            del unhealthy_since[instance_id]
+    for instance_id in unhealthy_ids:
+        unhealthy_since.setdefault(instance_id, now)
+    return [i for i, since in unhealthy_since.items() if now - since > after]
 
 
 class HealthChecker:
@@ -132,18 +157,29 @@ class HealthChecker:
         book: HeartbeatBook,
         apply: ApplyHealth,
         interval: float = DEFAULT_CHECK_INTERVAL,
+        *,
+        delete_unhealthy_after: float | None = None,
+        delete: DeleteInstance | None = None,
     ) -> None:
         if interval <= 0:
             raise ValueError("health_check_interval must be positive")
+        if delete_unhealthy_after is not None and not delete_unhealthy_after > 0:
+            raise ValueError("delete_unhealthy_after must be positive (or None: never)")
+        if delete_unhealthy_after is not None and delete is None:
+            raise ValueError("delete_unhealthy_after needs a delete callback")
         self._store = store
         self._book = book
         self._apply = apply
         self.interval = interval
+        self.delete_unhealthy_after = delete_unhealthy_after
+        self._delete = delete
+        self._unhealthy_since: dict[str, float] = {}
 
     def check_once(self) -> int:
         """Check every heartbeat-checked instance once; return how many changed health."""
         changed = 0
-        for record in self._store.health_checked_instances():
+        records = self._store.health_checked_instances()
+        for record in records:
             ttl = record.heartbeat_ttl
             if ttl is None:
                 continue
@@ -176,7 +212,27 @@ class HealthChecker:
                     record.port,
                     "healthy" if healthy else "unhealthy",
                 )
+        if self.delete_unhealthy_after is not None:
+            self._delete_overdue(self.delete_unhealthy_after)
         return changed
+
+    def _delete_overdue(self, after: float) -> None:
+        # Read again: the loop above may have just turned some unhealthy.
+        unhealthy = {r.id: r for r in self._store.health_checked_instances() if not r.healthy}
+        now = self._book.now().monotonic
+        for instance_id in overdue_unhealthy(self._unhealthy_since, set(unhealthy), now, after):
+            record = unhealthy[instance_id]
+            if self._delete is not None and self._delete(record):
+                self._unhealthy_since.pop(instance_id, None)
+                log.info(
+                    "deleted instance %s (%s/%s %s:%d): unhealthy for over %gs",
+                    record.id,
+                    record.namespace,
+                    record.service,
+                    record.host,
+                    record.port,
+                    after,
+                )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Check every ``interval`` seconds until ``stop`` is set; failures back off, not end."""

@@ -14,8 +14,15 @@ Fixtures:
     Discover streams and make heartbeats answer NotFound through it.
 ``polaris_context``
     An :class:`~polaris_sdk.SDKContext` pointed at ``polaris_server`` over
-    gRPC, with a 0.2 s cache refresh so changes show quickly; closed after
-    the test.
+    gRPC, with a 0.2 s cache refresh and a 1 s heartbeat TTL so changes and
+    faults show quickly; closed after the test. It ignores the
+    application's ``./polaris.yaml`` and the ``POLARIS_*`` environment.
+``polaris_context_options``
+    Keyword arguments for that context
+    (:meth:`~polaris_sdk.testing.PolarisTestServer.context`); ``{}``. Override
+    it to change settings, e.g. ``{"protocol": "http"}``, ``{"token": "t"}``,
+    or ``{"from_environment": True}`` to read ``polaris.yaml`` and
+    ``POLARIS_*`` after all.
 ``polaris_server_session``
     The same server without the per-test reset, for session-scoped fixtures.
 ``polaris_server_options``
@@ -45,12 +52,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "polaris_context",
+    "polaris_context_options",
     "polaris_server",
     "polaris_server_options",
     "polaris_server_session",
 ]
 
 CONTEXT_REFRESH_INTERVAL = 0.2
+CONTEXT_TTL = 1
 
 
 @pytest.fixture(scope="session")
@@ -78,7 +87,20 @@ def polaris_server(polaris_server_session: PolarisTestServer) -> PolarisTestServ
 
 
 @pytest.fixture
-def polaris_context(polaris_server: PolarisTestServer) -> Iterator[SDKContext]:
-    """An SDKContext pointed at ``polaris_server`` (gRPC, 0.2 s refresh); closed after the test."""
-    with polaris_server.context(refresh_interval=CONTEXT_REFRESH_INTERVAL) as ctx:
+def polaris_context_options() -> dict[str, Any]:
+    """Keyword arguments for ``polaris_context``; override to change them."""
+    return {}
+
+
+@pytest.fixture
+def polaris_context(
+    polaris_server: PolarisTestServer, polaris_context_options: dict[str, Any]
+) -> Iterator[SDKContext]:
+    """An SDKContext pointed at ``polaris_server`` (gRPC, 0.2 s refresh, 1 s TTL); closed after."""
+    options = {
+        "refresh_interval": CONTEXT_REFRESH_INTERVAL,
+        "provider.heartbeatTtl": CONTEXT_TTL,
+        **polaris_context_options,
+    }
+    with polaris_server.context(**options) as ctx:
         yield ctx

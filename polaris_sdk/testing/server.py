@@ -21,8 +21,9 @@ test's); the server itself serves any number of clients.
 from __future__ import annotations
 
 import logging
+import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from polaris_sdk._closing import Closing
 from polaris_sdk.model import Instance, instance_from_wire
@@ -37,6 +38,12 @@ __all__ = ["PolarisTestServer"]
 log = logging.getLogger("polaris_sdk.testing.server")
 
 _POLL_INTERVAL = 0.02
+
+TEST_TTL: Final = 1
+"""Heartbeat TTL (seconds) of test contexts and :meth:`PolarisTestServer.environ`:
+a lost instance is unhealthy after 3 s, and re-registered within a few."""
+TEST_REFRESH_INTERVAL: Final = 0.2
+"""Cache refresh (seconds) of test contexts and :meth:`PolarisTestServer.environ`."""
 
 
 class PolarisTestServer(Closing):
@@ -73,29 +80,67 @@ class PolarisTestServer(Closing):
             return [self.http_address.split("://", 1)[-1]]
         raise ValueError(f"protocol must be grpc or http, not {protocol!r}")
 
-    def environ(self, protocol: str = "grpc") -> dict[str, str]:
+    def environ(
+        self,
+        protocol: str = "grpc",
+        *,
+        ttl: int = TEST_TTL,
+        refresh_interval: float = TEST_REFRESH_INTERVAL,
+        token: str | None = None,
+        trusted_ca_file: str | os.PathLike[str] | None = None,
+    ) -> dict[str, str]:
         """``POLARIS_*`` variables pointing an SDK configured from the environment here.
 
         For a service under test that builds its own context:
         ``for key, value in polaris_server.environ().items(): monkeypatch.setenv(key, value)``.
-        """
-        return {
-            "POLARIS_ADDRESSES": ",".join(self.addresses(protocol)),
-            "POLARIS_PROTOCOL": protocol,
-        }
 
-    def context(self, protocol: str = "grpc", **settings: Any) -> SDKContext:
+        Every variable the SDK reads is in it, so nothing of the developer's
+        shell or of the application's ``./polaris.yaml`` leaks in:
+        ``POLARIS_CONFIG`` names an empty file, the settings given here have
+        their values (short ``ttl`` and ``refresh_interval`` by default,
+        ``token``, ``trusted_ca_file`` for a server with TLS) and every other
+        ``POLARIS_*`` setting is empty, which the SDK reads as unset.
+        ``POLARIS_ADMIN_ADDRESS`` points the ``polaris`` CLI at the HTTP port.
+        """
+        from polaris_sdk.config import ENV_CONFIG_FILE, KEYS
+
+        values = {key.env: "" for key in KEYS.values() if key.env}
+        values.update(
+            {
+                ENV_CONFIG_FILE: os.devnull,
+                "POLARIS_ADDRESSES": ",".join(self.addresses(protocol)),
+                "POLARIS_PROTOCOL": protocol,
+                "POLARIS_HEARTBEAT_TTL": str(ttl),
+                "POLARIS_REFRESH_INTERVAL": f"{refresh_interval}s",
+                "POLARIS_ADMIN_ADDRESS": self.http_address,
+            }
+        )
+        if token is not None:
+            values["POLARIS_TOKEN"] = token
+        if trusted_ca_file is not None:
+            values["POLARIS_TLS_CA_FILE"] = os.fspath(trusted_ca_file)
+        return values
+
+    def context(
+        self, protocol: str = "grpc", *, from_environment: bool = False, **settings: Any
+    ) -> SDKContext:
         """A new :class:`~polaris_sdk.SDKContext` pointed at this server; the caller closes it.
 
-        ``settings`` are :meth:`SDKContext.create` keywords (``refresh_interval=0.2``,
+        Built from the defaults, not from ``./polaris.yaml`` or ``POLARIS_*``
+        (an application's own configuration must not point a test elsewhere),
+        unless ``from_environment=True``. ``settings`` are
+        :meth:`SDKContext.create` keywords (``refresh_interval=0.2``,
         ``token=...``, ``**{"global.api.timeout": "1s"}``); a server with TLS also
         needs the TLS settings (``**{"global.serverConnector.trustedCAFile": ...}``).
         """
+        from polaris_sdk.config import Configuration
         from polaris_sdk.context import SDKContext
 
         settings.setdefault("addresses", self.addresses(protocol))
         settings.setdefault("global.serverConnector.protocol", protocol)
-        return SDKContext.create(**settings)
+        if from_environment:
+            return SDKContext.create(**settings)
+        return SDKContext.create(Configuration(), **settings)
 
     # ------------------------------------------------------------- lifecycle
 

@@ -114,3 +114,10 @@ def test_validation_error_names_field_and_rule() -> None:
     assert str(err) == "port: must be an integer from 0 to 65535"
     assert isinstance(err, ValueError)
     assert isinstance(err, errors.PolarisError)
+
+
+def test_a_missing_token_says_where_to_set_it() -> None:
+    error = errors.error_for_code(401002, "auth token empty")
+
+    assert "POLARIS_TOKEN" in str(error) and "global.serverConnector.token" in str(error)
+    assert error.info == "auth token empty"

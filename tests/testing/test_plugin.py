@@ -15,6 +15,8 @@ import textwrap
 from importlib.metadata import entry_points
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "testing" / "test_my_service.py"
 PLUGIN = "polaris_sdk.testing.plugin"
@@ -132,10 +134,11 @@ FIXTURES_SUITE = """
 
 
     def test_environ_points_an_sdk_here(polaris_server):
-        assert polaris_server.environ() == {
-            "POLARIS_ADDRESSES": polaris_server.grpc_address,
-            "POLARIS_PROTOCOL": "grpc",
-        }
+        env = polaris_server.environ()
+        assert env["POLARIS_ADDRESSES"] == polaris_server.grpc_address
+        assert env["POLARIS_PROTOCOL"] == "grpc"
+        assert (env["POLARIS_HEARTBEAT_TTL"], env["POLARIS_REFRESH_INTERVAL"]) == ("1", "0.2s")
+        assert env["POLARIS_TOKEN"] == ""
 
 
     def test_wait_for_instances_says_what_it_found(polaris_server):
@@ -192,3 +195,66 @@ def test_options_put_the_session_server_on_sqlite(tmp_path: Path) -> None:
     result = run_pytest(cwd=tmp_path)
 
     assert_passed(result, 2)
+
+
+ISOLATION_SUITE = {
+    "polaris.yaml": """
+        global:
+          serverConnector:
+            addresses: ["192.0.2.1:8091"]
+            token: from-the-file
+        """,
+    "test_isolation.py": """
+        import os
+
+        from polaris_sdk import ConsumerAPI, ProviderAPI, SDKContext
+
+
+        def test_the_context_ignores_the_apps_file_and_environment(polaris_server, polaris_context):
+            assert os.environ["POLARIS_TOKEN"] == "from-the-shell"
+            connector = polaris_context.config.server_connector
+            assert connector.addresses == (polaris_server.grpc_address,)
+            assert connector.token is None
+            assert polaris_context.config.provider.heartbeat_ttl == 1
+
+
+        def test_environ_covers_every_setting(polaris_server, monkeypatch):
+            for key, value in polaris_server.environ().items():
+                monkeypatch.setenv(key, value)
+            with SDKContext.create() as ctx:  # what the application under test does
+                assert ctx.config.server_connector.token is None
+                assert ctx.config.consumer.service_refresh_interval == 0.2
+                provider = ProviderAPI(ctx)
+                provider.register_instance(
+                    namespace="default", service="svc", host="10.0.0.1", port=80
+                )
+                [me] = polaris_server.instances("svc")
+                assert me.ttl == 1
+                consumer = ConsumerAPI(ctx)
+                assert consumer.get_one_instance(namespace="default", service="svc").port == 80
+        """,
+    "test_from_environment.py": """
+        import pytest
+
+
+        @pytest.fixture
+        def polaris_context_options():
+            return {"from_environment": True}
+
+
+        def test_the_environment_is_read_when_asked(polaris_context):
+            assert polaris_context.config.server_connector.token == "from-the-shell"
+        """,
+}
+
+
+def test_fixtures_are_isolated_from_the_apps_configuration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(tmp_path, ISOLATION_SUITE)
+    monkeypatch.setenv("POLARIS_TOKEN", "from-the-shell")
+    monkeypatch.setenv("POLARIS_HEARTBEAT_TTL", "30")
+
+    result = run_pytest(cwd=tmp_path)
+
+    assert_passed(result, 3)

@@ -71,7 +71,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs, urlsplit
 
 import h11
@@ -92,6 +92,9 @@ __all__ = [
     "encode_response",
     "http_status",
 ]
+
+if TYPE_CHECKING:
+    from polaris_sdk.server.apiserver.admin import AdminApi
 
 log = logging.getLogger("polaris_sdk.server.apiserver.http")
 
@@ -255,12 +258,13 @@ class _Refusal(Exception):
 class _Request:
     """One request's head as the handlers need it."""
 
-    __slots__ = ("headers", "language", "method", "path", "request_id")
+    __slots__ = ("headers", "language", "method", "path", "query", "request_id")
 
     def __init__(self, event: h11.Request) -> None:
         self.method = event.method.decode("ascii", "replace").upper()
         target = urlsplit(event.target.decode("ascii", "replace"))
         self.path = target.path
+        self.query = target.query
         self.headers: dict[str, str] = {}
         for name, value in event.headers:
             key = name.decode("latin-1").lower()
@@ -391,6 +395,15 @@ class _Connection:
             headers.append((name.encode("ascii"), value.encode("ascii")))
         if close or self.server.stopping:
             headers.append((b"Connection", b"close"))
+        await self._write_response(request, status, headers, body)
+
+    async def _write_response(
+        self,
+        request: _Request | None,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+    ) -> None:
         try:
             reason = HTTPStatus(status).phrase.encode("ascii")
         except ValueError:
@@ -458,6 +471,10 @@ class _Connection:
 
     async def _handle(self, request: _Request) -> None:
         deadline = self.loop.time() + self.options.request_timeout
+        admin = self.server.admin
+        if admin is not None and admin.accepts(request.method, request.path):
+            await self._admin(admin, request, deadline)
+            return
         route = ROUTES.get(request.path)
         if route is None:
             await self._refuse(request, HTTPStatus.NOT_FOUND, f"no API at {request.path}")
@@ -499,6 +516,36 @@ class _Connection:
         key = _answer_key(message, answer, request.language) if route.cacheable else None
         await self._answer(request, answer, key)
 
+    async def _admin(self, admin: AdminApi, request: _Request, deadline: float) -> None:
+        """An admin API, console, metrics or health request (:mod:`.admin` answers it)."""
+        try:
+            # Read to the end of the message whatever the method (a GET has an
+            # empty body), so the connection is ready for its next request.
+            body = await self._read_body(request, deadline)
+        except _Refusal as refusal:
+            await self._refuse(request, refusal.status, str(refusal))
+            return
+        query = {k: v[0] for k, v in parse_qs(request.query, keep_blank_values=True).items()}
+        try:
+            answer = admin.handle(
+                request.method, request.path, query, request.headers, body, client=self.address
+            )
+        except Exception:
+            log.exception("%s %s failed", request.method, request.path)
+            await self._answer(request, response(wire.Code.ExecuteException))
+            return
+        if answer is None:
+            await self._refuse(request, HTTPStatus.NOT_FOUND, f"no API at {request.path}")
+            return
+        headers = [(b"Server", SERVER_NAME)]
+        headers += [
+            (n.encode("latin-1"), v.encode("latin-1", "replace")) for n, v in answer.headers
+        ]
+        headers.append((b"Content-Length", str(len(answer.body)).encode()))
+        if self.server.stopping:
+            headers.append((b"Connection", b"close"))
+        await self._write_response(request, answer.status, headers, answer.body)
+
     def _context(self, request: _Request) -> RequestContext:
         headers = request.headers
         return RequestContext(
@@ -530,8 +577,10 @@ class HttpApiServer:
         *,
         tls: ssl.SSLContext | None = None,
         options: HttpOptions | None = None,
+        admin: AdminApi | None = None,
     ) -> None:
         self.api = api
+        self.admin = admin
         self._host = host
         self._port = port
         self._tls = tls
