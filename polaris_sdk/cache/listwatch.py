@@ -33,6 +33,7 @@ import threading
 import time
 from typing import Protocol
 
+from polaris_sdk.connector.state import Connection, ConnectionState
 from polaris_sdk.errors import NetworkError, ResourceNotFoundError
 from polaris_sdk.model import ServiceInstances, ServiceKey
 
@@ -67,41 +68,59 @@ def missing_service(key: ServiceKey) -> ServiceInstances:
     return ServiceInstances(key.namespace, key.service, MISSING_REVISION)
 
 
-class OutageGate:
-    """Lets one probe through at a time while the server is known to be unreachable."""
+class _NoListeners:
+    """The poster of a connection nobody listens to (a gate without a context's connection)."""
 
-    def __init__(self, probe_interval: float) -> None:
+    def __init__(self, listener: object) -> None:
+        pass
+
+    def post(self, item: ConnectionState) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class OutageGate:
+    """Lets one probe through at a time while the server is known to be unreachable.
+
+    "Unreachable" is the context's :class:`~polaris_sdk.connector.state.Connection`
+    (every call of the context feeds it, heartbeats included); the gate
+    records its own calls' outcomes there too, so a cache used without a
+    context still has one.
+    """
+
+    def __init__(self, probe_interval: float, connection: Connection | None = None) -> None:
         self.probe_interval = probe_interval
+        self.connection = connection if connection is not None else Connection(_NoListeners)
         self._lock = threading.Lock()
-        self._down_since: float | None = None
         self._last_probe = 0.0
         self._probing = False
-        self._error: BaseException | None = None
 
     @property
     def down(self) -> bool:
-        return self._down_since is not None
+        return self.connection.state is not ConnectionState.CONNECTED
 
     def enter(self, urgent: bool = False) -> bool:
         """Whether this call is the probe; raises NetworkError if it must not be made."""
+        connection = self.connection
+        if urgent or connection.state is ConnectionState.CONNECTED:
+            return False
         with self._lock:
-            if self._down_since is None or urgent:
-                return False
             now = time.monotonic()
             if self._probing or now - self._last_probe < self.probe_interval:
                 raise GateClosedError(
-                    f"server unreachable for {now - self._down_since:.1f}s "
-                    f"(last error: {self._error}); waiting for the next probe"
+                    f"server unreachable for {connection.failing_for():.1f}s "
+                    f"(last error: {connection.last_error}); waiting for the next probe"
                 )
             self._probing = True
             self._last_probe = now
             return True
 
     def succeeded(self, probe: bool) -> None:
-        with self._lock:
-            self._down_since = None
-            self._error = None
-            if probe:
+        self.connection.reached()
+        if probe:
+            with self._lock:
                 self._probing = False
 
     def failed(self, probe: bool, error: BaseException | None) -> None:
@@ -109,24 +128,25 @@ class OutageGate:
         with self._lock:
             if probe:
                 self._probing = False
-            if error is None:
-                return
-            now = time.monotonic()
-            if self._down_since is None:
-                self._down_since = now
-            self._last_probe = now
-            self._error = error
+            if error is not None:
+                self._last_probe = time.monotonic()
+        if error is not None:
+            self.connection.unreachable(error)
 
 
 class ListerWatcher:
     """List and watch of services through an :class:`InstanceLister`."""
 
     def __init__(
-        self, lister: InstanceLister, timeout: float | None = None, probe_interval: float = 1.0
+        self,
+        lister: InstanceLister,
+        timeout: float | None = None,
+        probe_interval: float = 1.0,
+        connection: Connection | None = None,
     ) -> None:
         self._lister = lister
         self.timeout = timeout
-        self.gate = OutageGate(probe_interval)
+        self.gate = OutageGate(probe_interval, connection)
 
     def list(
         self, key: ServiceKey, timeout: float | None = None, *, urgent: bool = False

@@ -39,20 +39,10 @@ import enum
 from dataclasses import dataclass
 
 from polaris_sdk.cache.options import CacheOptions
+from polaris_sdk.connector.state import ConnectionState
 from polaris_sdk.model import ServiceInstances
 
 __all__ = ["ConnectionState", "Outcome", "ReflectorCore", "Round", "RoundKind"]
-
-
-class ConnectionState(enum.Enum):
-    """How current a cached service is."""
-
-    CONNECTED = "CONNECTED"
-    """The last Discover reached the server."""
-    SUSPENDED = "SUSPENDED"
-    """Discover is failing; the last snapshot is served while retrying."""
-    LOST = "LOST"
-    """Discover has failed for a long time; the snapshot may be stale."""
 
 
 class RoundKind(enum.Enum):

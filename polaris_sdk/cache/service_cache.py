@@ -33,6 +33,7 @@ from polaris_sdk.cache.options import CacheOptions
 from polaris_sdk.cache.persist import DiskBackup
 from polaris_sdk.cache.reflector import ConnectionState, Reflector, Scheduler
 from polaris_sdk.cache.store import Entry, ReplaceHook, Store
+from polaris_sdk.connector.state import Connection
 from polaris_sdk.dispatch import Dispatcher, Mailbox
 from polaris_sdk.errors import (
     ClosedError,
@@ -63,11 +64,18 @@ class _Service:
 
 class ServiceCache:
     def __init__(
-        self, lister: InstanceLister, scheduler: Scheduler, options: CacheOptions | None = None
+        self,
+        lister: InstanceLister,
+        scheduler: Scheduler,
+        options: CacheOptions | None = None,
+        connection: Connection | None = None,
     ) -> None:
         self.options = options or CacheOptions()
         self._lw = ListerWatcher(
-            lister, self.options.request_timeout, probe_interval=self.options.refresh_interval
+            lister,
+            self.options.request_timeout,
+            probe_interval=self.options.refresh_interval,
+            connection=connection,
         )
         self._scheduler = scheduler
         self._store = Store()

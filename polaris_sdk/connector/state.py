@@ -19,6 +19,15 @@ as well as a consumer. In the spirit of kazoo's ``KazooState``:
     again by themselves once it is reachable) and cached instances may be
     stale. The SDK still retries; nothing needs to be rebuilt.
 
+Reachability is judged here once per context; the other places that look at
+failures decide something else from them: which address to use next
+(:mod:`~polaris_sdk.connector.failover`), when a broken Discover stream may
+reopen, whether a cached service is fresh (its refresh loop's state, see
+:mod:`polaris_sdk.cache.reflector_core`), and how one registration stands
+(:class:`~polaris_sdk.provider.core.RegistrationState`). The consumer cache's
+outage gate reads this state to hold background revision checks back while
+the server is unreachable.
+
 Guarantees: transitions happen only on an outcome (no timer of its own);
 each change is reported once to every listener, in order, through the
 delivery the owning context chose (a mailbox thread for a sync context, the
@@ -85,6 +94,11 @@ class Connection:
     @property
     def state(self) -> ConnectionState:
         return self._state
+
+    def failing_for(self) -> float:
+        """Seconds since attempts started failing (0 while connected)."""
+        since = self._failing_since
+        return 0.0 if since is None else max(0.0, self._clock() - since)
 
     @property
     def last_error(self) -> BaseException | None:

@@ -360,4 +360,6 @@ def _no_instance(snapshot: ServiceInstances) -> str:
 
 
 def _new_cache(ctx: SDKContext) -> ServiceCache:
-    return ServiceCache(ctx.connector, ctx.scheduler, CacheOptions.from_config(ctx.config))
+    return ServiceCache(
+        ctx.connector, ctx.scheduler, CacheOptions.from_config(ctx.config), ctx.connection
+    )
