@@ -47,6 +47,7 @@ from typing import Any, Final
 
 import yaml
 
+from polaris_sdk.defaults import DEFAULT_TTL, LB_POLICIES, MAX_TTL
 from polaris_sdk.errors import ConfigError
 
 __all__ = [
@@ -71,7 +72,6 @@ DEFAULT_ADDRESS: Final = "127.0.0.1:8091"
 DEFAULT_CONFIG_FILE: Final = "polaris.yaml"
 ENV_CONFIG_FILE: Final = "POLARIS_CONFIG"
 PROTOCOLS: Final = ("grpc", "http")
-LB_POLICIES: Final = ("weightedRandom", "ringHash", "roundRobin")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
 _UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -245,7 +245,7 @@ class ConsumerConfig:
     persist_dir: str | None = None
     push_empty_protection: bool = True
     """Keep the last non-empty snapshot when the server suddenly answers empty."""
-    default_lb_policy: str = "weightedRandom"
+    default_lb_policy: str = LB_POLICIES[0]
 
     def __post_init__(self) -> None:
         _positive("consumer.localCache.serviceRefreshInterval", self.service_refresh_interval)
@@ -274,7 +274,7 @@ class ConsumerConfig:
 class ProviderConfig:
     """Registration and heartbeats (``provider``)."""
 
-    heartbeat_ttl: int = 5
+    heartbeat_ttl: int = DEFAULT_TTL
     """TTL in seconds of ``register_instance`` requests that give none; a
     heartbeat is sent every TTL."""
     reregister_max_backoff: float = 60.0
@@ -283,7 +283,7 @@ class ProviderConfig:
     """``close()`` deregisters what ``register_instance`` registered."""
 
     def __post_init__(self) -> None:
-        _count("provider.heartbeatTtl", self.heartbeat_ttl, 1, 60)
+        _count("provider.heartbeatTtl", self.heartbeat_ttl, 1, MAX_TTL)
         _positive("provider.reregisterMaxBackoff", self.reregister_max_backoff)
         if not isinstance(self.deregister_on_close, bool):
             raise ConfigError("provider.deregisterOnClose", "expected true or false")

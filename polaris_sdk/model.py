@@ -15,11 +15,13 @@ from types import MappingProxyType
 from typing import Any
 
 from polaris_sdk import wire
+from polaris_sdk.defaults import DEFAULT_NAMESPACE, DEFAULT_TTL, DEFAULT_WEIGHT, LB_POLICIES
 
 __all__ = [
     "DEFAULT_NAMESPACE",
     "DEFAULT_TTL",
     "DEFAULT_WEIGHT",
+    "LB_POLICIES",
     "GetAllInstancesRequest",
     "GetInstancesRequest",
     "GetOneInstanceRequest",
@@ -40,9 +42,7 @@ __all__ = [
     "service_instances_from_wire",
 ]
 
-DEFAULT_NAMESPACE = "default"
-DEFAULT_TTL = 5
-DEFAULT_WEIGHT = 100
+
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
 

@@ -26,6 +26,7 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
+from polaris_sdk.defaults import MAX_TTL
 from polaris_sdk.errors import ValidationError
 
 if TYPE_CHECKING:
@@ -69,7 +70,6 @@ MAX_VPC_ID: Final = 64
 MAX_LOCATION: Final = 128
 MAX_PRIORITY: Final = 127
 MAX_SERVICE_TOKEN: Final = 2048
-MAX_TTL: Final = 60
 
 INVALID_PARAMETER: Final = 400103
 INVALID_NAMESPACE: Final = 400110

@@ -41,6 +41,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import Final, Protocol
 
+from polaris_sdk.defaults import LB_POLICIES
 from polaris_sdk.errors import ValidationError
 from polaris_sdk.model import DEFAULT_WEIGHT, Instance
 from polaris_sdk.validation import INVALID_PARAMETER
@@ -212,7 +213,8 @@ _BUILDERS: Final[dict[str, Callable[[tuple[Instance, ...]], Picker]]] = {
     RING_HASH: RingHashPicker,
     ROUND_ROBIN: RoundRobinPicker,
 }
-LB_POLICIES: Final = tuple(_BUILDERS)
+if tuple(_BUILDERS) != LB_POLICIES:  # one list of names: polaris_sdk.defaults
+    raise AssertionError(f"load balancers {tuple(_BUILDERS)} are not {LB_POLICIES}")
 
 
 def check_policy(policy: str) -> str:

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from polaris_sdk import validation, wire
+from polaris_sdk.defaults import DEFAULT_NAMESPACE, DEFAULT_TTL, DEFAULT_WEIGHT, MAX_TTL
 from polaris_sdk.errors import ValidationError
 from polaris_sdk.server import messages
 from polaris_sdk.server.healthcheck import Beat, HeartbeatBook
@@ -70,11 +71,7 @@ __all__ = [
 
 log = logging.getLogger("polaris_sdk.server.naming")
 
-DEFAULT_NAMESPACE: Final = "default"
 SYSTEM_NAMESPACE: Final = "Polaris"
-DEFAULT_TTL: Final = 5
-MAX_TTL: Final = 60
-DEFAULT_WEIGHT: Final = 100
 FORGIVEN_HEARTBEATS: Final = 4
 LAST_HEARTBEAT_KEY: Final = "internal-lastheartbeat"
 # Bounds on the tables fed by clients, so a misbehaving client cannot grow them forever.
