@@ -4,6 +4,7 @@ The tree::
 
     PolarisError
     ├── ConfigError                 a configuration key has a wrong value
+    │   └── ProtocolMismatchError   the address speaks another protocol (gRPC vs HTTP)
     ├── ValidationError             a request field breaks a rule; nothing was sent
     ├── ClosedError                 the SDKContext or facade is closed
     ├── WrongLoopError              an AsyncSDKContext used off its event loop
@@ -40,6 +41,7 @@ __all__ = [
     "NetworkError",
     "PolarisError",
     "PolarisTimeoutError",
+    "ProtocolMismatchError",
     "ResourceNotFoundError",
     "ServerError",
     "ServerInternalError",
@@ -59,6 +61,20 @@ class ConfigError(PolarisError, ValueError):
     def __init__(self, key: str, message: str) -> None:
         super().__init__(f"{key}: {message}")
         self.key = key
+
+
+class ProtocolMismatchError(ConfigError):
+    """The server at an address answered in another protocol than the one configured.
+
+    Found on the first answer (a gRPC port asked over HTTP/1.1, or the HTTP
+    API asked over gRPC) and never retried: another attempt gets the same
+    answer. The message says which setting to change.
+    """
+
+    KEY = "global.serverConnector.protocol"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(self.KEY, message)
 
 
 class ValidationError(PolarisError, ValueError):

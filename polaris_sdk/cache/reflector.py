@@ -126,7 +126,8 @@ class ReflectorDriver:
     def _succeeded(self, current: ServiceInstances | None, result: ServiceInstances | None) -> None:
         outcome = self._core.succeeded(current, result, self._clock())
         if outcome.recovered_after:
-            logger.info(
+            # WARNING, as its first failure was: a log filtered there shows both.
+            logger.warning(
                 "discover of %s works again after %d failures", self.key, outcome.recovered_after
             )
         if outcome.hold_empty_ended:

@@ -70,6 +70,7 @@ from polaris_sdk.errors import (
     NetworkError,
     PolarisError,
     PolarisTimeoutError,
+    ProtocolMismatchError,
     ServerError,
     error_for_code,
 )
@@ -145,10 +146,19 @@ def too_large(err: grpc.RpcError) -> bool:
     return "larger than max" in _details(err)
 
 
+_HTTP1_SERVER: Final = "Trying to connect an http1.x server"
+
+
 def map_rpc_error(err: grpc.RpcError, address: str) -> PolarisError:
     """The SDK error for a failed gRPC call to ``address``."""
     code = _status(err) or grpc.StatusCode.UNKNOWN
     details = _details(err) or str(code)
+    if _HTTP1_SERVER in details:
+        return ProtocolMismatchError(
+            f"{address} answers HTTP/1.x, not gRPC: it looks like the Polaris HTTP API "
+            "(port 8090). Point global.serverConnector.addresses at the gRPC port (8091), "
+            "or set global.serverConnector.protocol: http (POLARIS_PROTOCOL=http)"
+        )
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return PolarisTimeoutError(f"{address}: deadline exceeded")
     if too_large(err):

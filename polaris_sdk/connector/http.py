@@ -49,7 +49,13 @@ from polaris_sdk.connector.failover import Endpoint, Endpoints
 from polaris_sdk.connector.naming import NamingConnector
 from polaris_sdk.connector.state import Connection
 from polaris_sdk.connector.tls import load_tls
-from polaris_sdk.errors import ClosedError, NetworkError, PolarisError, PolarisTimeoutError
+from polaris_sdk.errors import (
+    ClosedError,
+    NetworkError,
+    PolarisError,
+    PolarisTimeoutError,
+    ProtocolMismatchError,
+)
 
 __all__ = [
     "MAX_CONNECTIONS",
@@ -86,6 +92,12 @@ def code_for_status(status: int) -> int:
         return 400000
     # 5xx, and a 2xx/3xx without a code: nothing the client did wrong.
     return 500000
+
+
+def _not_http1(err: httpx.RemoteProtocolError) -> bool:
+    """Whether the peer's answer was not HTTP/1.x at all (an HTTP/2-only server, gRPC)."""
+    text = str(err)
+    return "illegal request line" in text or "illegal status line" in text
 
 
 def _header_code(response: httpx.Response) -> int | None:
@@ -162,6 +174,12 @@ class _HttpExchange:
         if isinstance(err, httpx.TimeoutException):
             self.endpoints.no_answer(ep)
             return PolarisTimeoutError(f"{ep.address}: no answer in time ({what})")
+        if isinstance(err, httpx.RemoteProtocolError) and _not_http1(err):
+            return ProtocolMismatchError(
+                f"{ep.address} does not answer HTTP/1.1 ({err}): it looks like a gRPC port "
+                "(8091). Point global.serverConnector.addresses at the HTTP API (port 8090), "
+                "or set global.serverConnector.protocol: grpc (POLARIS_PROTOCOL=grpc)"
+            )
         if isinstance(err, httpx.TransportError):
             # Closed mid-answer: a server restarting, or a stale keep-alive connection.
             self.endpoints.no_answer(ep)

@@ -116,8 +116,8 @@ class Connection:
             self._failing_since = None
             self._last_error = None
             self._set(ConnectionState.CONNECTED)
-        level = logging.WARNING if before is ConnectionState.LOST else logging.INFO
-        logger.log(level, "Polaris server reachable again (was %s)", before.value)
+        # At the level the failure was logged at, so a log filtered there shows both.
+        logger.warning("Polaris server reachable again (was %s)", before.value)
 
     def unreachable(self, error: BaseException) -> None:
         """An attempt could not reach any server (refused, reset, no answer in time)."""
