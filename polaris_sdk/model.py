@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Final
 
 from polaris_sdk import wire
 from polaris_sdk.defaults import DEFAULT_NAMESPACE, DEFAULT_TTL, DEFAULT_WEIGHT, LB_POLICIES
@@ -31,6 +31,10 @@ __all__ = [
     "InstanceKeyRequest",
     "InstanceRegisterRequest",
     "InstanceRegisterResponse",
+    "INSTANCE_WRAPPERS",
+    "LOCATION_FIELDS",
+    "instance_fields",
+    "instance_message",
     "ServiceChangeEvent",
     "ServiceInstances",
     "ServiceKey",
@@ -276,8 +280,73 @@ class WatchServiceRequest:
 # --------------------------------------------------------------- conversion
 
 
-def _str(value: str) -> Any:
-    return wire.StringValue(value=value)
+INSTANCE_WRAPPERS: Final = (
+    "id",
+    "namespace",
+    "service",
+    "vpc_id",
+    "host",
+    "port",
+    "protocol",
+    "version",
+    "priority",
+    "weight",
+    "enable_health_check",
+    "healthy",
+    "isolate",
+    "logic_set",
+    "revision",
+    "service_token",
+    "ctime",
+    "mtime",
+)
+"""The wrapper fields of ``v1.Instance`` the SDK and the server use, by their wire names."""
+LOCATION_FIELDS: Final = ("region", "zone", "campus")
+_HEARTBEAT_CHECK: Final = wire.HEALTH_CHECK_TYPE.values_by_name["HEARTBEAT"].number
+
+
+def instance_message(
+    fields: Mapping[str, Any],
+    *,
+    metadata: Mapping[str, str] | None = None,
+    heartbeat_ttl: int | None = None,
+    keep_empty: bool = False,
+) -> Any:
+    """The ``v1.Instance`` with ``fields`` (by wire name), written in one place for the
+    SDK's requests and the server's answers.
+
+    A field that is None is left unset, and so is an empty string unless
+    ``keep_empty`` (a server's answer carries every field it stores). The
+    location is set when any of region / zone / campus is; ``heartbeat_ttl``
+    adds a heartbeat health check with that TTL.
+    """
+    msg = wire.Instance()
+    for name in INSTANCE_WRAPPERS:
+        value = fields.get(name)
+        if value is None or (value == "" and not keep_empty):
+            continue
+        getattr(msg, name).value = value
+    if any(fields.get(name) for name in LOCATION_FIELDS):
+        for name in LOCATION_FIELDS:
+            getattr(msg.location, name).value = fields.get(name) or ""
+    if metadata:
+        msg.metadata.update(metadata)
+    if heartbeat_ttl is not None:
+        msg.health_check.type = _HEARTBEAT_CHECK
+        msg.health_check.heartbeat.ttl.value = heartbeat_ttl
+    return msg
+
+
+def instance_fields(msg: Any) -> dict[str, Any]:
+    """The wrapper fields ``msg`` (a ``v1.Instance``) carries, by wire name, plus its
+    location fields (empty when unset): the reading twin of :func:`instance_message`."""
+    fields: dict[str, Any] = {
+        name: getattr(msg, name).value for name in INSTANCE_WRAPPERS if msg.HasField(name)
+    }
+    location = msg.location
+    for name in LOCATION_FIELDS:
+        fields[name] = getattr(location, name).value
+    return fields
 
 
 def register_request_to_wire(req: InstanceRegisterRequest, ttl: int | None = None) -> Any:
@@ -285,44 +354,32 @@ def register_request_to_wire(req: InstanceRegisterRequest, ttl: int | None = Non
 
     ``ttl`` overrides ``req.ttl`` (the flow applies the default).
     """
-    msg = wire.Instance(
-        service=_str(req.service),
-        namespace=_str(req.namespace),
-        host=_str(req.host),
-        port=wire.UInt32Value(value=req.port),
-    )
-    if req.weight is not None:
-        msg.weight.value = req.weight
-    if req.instance_id:
-        msg.id.value = req.instance_id
-    if req.vpc_id:
-        msg.vpc_id.value = req.vpc_id
-    if req.protocol:
-        msg.protocol.value = req.protocol
-    if req.version:
-        msg.version.value = req.version
-    if req.priority is not None:
-        msg.priority.value = req.priority
-    if req.logic_set:
-        msg.logic_set.value = req.logic_set
-    if req.healthy is not None:
-        msg.healthy.value = req.healthy
-    if req.isolate is not None:
-        msg.isolate.value = req.isolate
-    if req.service_token:
-        msg.service_token.value = req.service_token
-    if req.region or req.zone or req.campus:
-        msg.location.region.value = req.region
-        msg.location.zone.value = req.zone
-        msg.location.campus.value = req.campus
-    if req.metadata:
-        msg.metadata.update(req.metadata)
     effective_ttl = ttl if ttl is not None else req.ttl
-    if req.enable_health_check and effective_ttl is not None:
-        msg.enable_health_check.value = True
-        msg.health_check.type = wire.HEALTH_CHECK_TYPE.values_by_name["HEARTBEAT"].number
-        msg.health_check.heartbeat.ttl.value = effective_ttl
-    return msg
+    checked = req.enable_health_check and effective_ttl is not None
+    return instance_message(
+        {
+            "id": req.instance_id,
+            "namespace": req.namespace,
+            "service": req.service,
+            "host": req.host,
+            "port": req.port,
+            "vpc_id": req.vpc_id,
+            "protocol": req.protocol,
+            "version": req.version,
+            "priority": req.priority,
+            "weight": req.weight,
+            "logic_set": req.logic_set,
+            "healthy": req.healthy,
+            "isolate": req.isolate,
+            "service_token": req.service_token,
+            "enable_health_check": True if checked else None,
+            "region": req.region,
+            "zone": req.zone,
+            "campus": req.campus,
+        },
+        metadata=req.metadata,
+        heartbeat_ttl=effective_ttl if checked else None,
+    )
 
 
 def instance_key_to_wire(req: InstanceKeyRequest) -> Any:

@@ -39,6 +39,7 @@ from typing import Any, Final
 from polaris_sdk import validation, wire
 from polaris_sdk.defaults import DEFAULT_NAMESPACE, DEFAULT_TTL, DEFAULT_WEIGHT, MAX_TTL
 from polaris_sdk.errors import ValidationError
+from polaris_sdk.model import instance_fields, instance_message
 from polaris_sdk.server import messages
 from polaris_sdk.server.healthcheck import Beat, HeartbeatBook
 from polaris_sdk.server.store.base import (
@@ -188,35 +189,36 @@ def _failure(err: ValidationError) -> str:
 
 def instance_to_wire(record: InstanceRecord) -> Any:
     """The ``v1.Instance`` Discover returns for ``record`` (never a token)."""
-    msg = wire.Instance(
-        id=_str(record.id),
-        service=_str(record.service),
-        namespace=_str(record.namespace),
-        host=_str(record.host),
-        port=wire.UInt32Value(value=record.port),
-        protocol=_str(record.protocol),
-        version=_str(record.version),
-        priority=wire.UInt32Value(value=record.priority),
-        weight=wire.UInt32Value(value=record.weight),
-        enable_health_check=wire.BoolValue(value=record.enable_health_check),
-        healthy=wire.BoolValue(value=record.healthy),
-        isolate=wire.BoolValue(value=record.isolate),
-        logic_set=_str(record.logic_set),
-        ctime=_str(_time_text(record.ctime)),
-        mtime=_str(_time_text(record.mtime)),
-        revision=_str(record.revision),
+    check = record.health_check
+    msg = instance_message(
+        {
+            "id": record.id,
+            "namespace": record.namespace,
+            "service": record.service,
+            "host": record.host,
+            "port": record.port,
+            "vpc_id": record.vpc_id or None,
+            "protocol": record.protocol,
+            "version": record.version,
+            "priority": record.priority,
+            "weight": record.weight,
+            "enable_health_check": record.enable_health_check,
+            "healthy": record.healthy,
+            "isolate": record.isolate,
+            "logic_set": record.logic_set,
+            "revision": record.revision,
+            "ctime": _time_text(record.ctime),
+            "mtime": _time_text(record.mtime),
+            "region": record.region,
+            "zone": record.zone,
+            "campus": record.campus,
+        },
+        metadata=record.metadata,
+        heartbeat_ttl=check.ttl if check is not None else None,
+        keep_empty=True,
     )
-    if record.vpc_id:
-        msg.vpc_id.value = record.vpc_id
-    if record.health_check is not None:
-        msg.health_check.type = record.health_check.type
-        msg.health_check.heartbeat.ttl.value = record.health_check.ttl
-    if record.region or record.zone or record.campus:
-        msg.location.region.value = record.region
-        msg.location.zone.value = record.zone
-        msg.location.campus.value = record.campus
-    if record.metadata:
-        msg.metadata.update(record.metadata)
+    if check is not None:
+        msg.health_check.type = check.type
     return msg
 
 
@@ -491,31 +493,32 @@ class NamingService:
     def _record(
         instance_id: str, msg: Any, old: InstanceRecord | None, now: float
     ) -> InstanceRecord:
+        fields = instance_fields(msg)
         check = _health_check(msg)
-        if msg.HasField("isolate"):
-            isolate = msg.isolate.value
+        if "isolate" in fields:
+            isolate = fields["isolate"]
         else:
             isolate = old.isolate if old is not None else False
         return InstanceRecord(
             id=instance_id,
-            namespace=msg.namespace.value,
-            service=msg.service.value,
-            host=msg.host.value.strip(),
-            port=msg.port.value,
+            namespace=fields.get("namespace", ""),
+            service=fields.get("service", ""),
+            host=fields.get("host", "").strip(),
+            port=fields.get("port", 0),
             revision=_new_revision(),
-            vpc_id=msg.vpc_id.value,
-            protocol=msg.protocol.value,
-            version=msg.version.value,
-            priority=msg.priority.value,
-            weight=msg.weight.value if msg.HasField("weight") else DEFAULT_WEIGHT,
-            healthy=msg.healthy.value if msg.HasField("healthy") else True,
+            vpc_id=fields.get("vpc_id", ""),
+            protocol=fields.get("protocol", ""),
+            version=fields.get("version", ""),
+            priority=fields.get("priority", 0),
+            weight=fields.get("weight", DEFAULT_WEIGHT),
+            healthy=fields.get("healthy", True),
             isolate=isolate,
             enable_health_check=check is not None,
             health_check=check,
-            logic_set=msg.logic_set.value,
-            region=msg.location.region.value,
-            zone=msg.location.zone.value,
-            campus=msg.location.campus.value,
+            logic_set=fields.get("logic_set", ""),
+            region=fields["region"],
+            zone=fields["zone"],
+            campus=fields["campus"],
             metadata=dict(msg.metadata),
             ctime=old.ctime if old is not None else now,
             mtime=now,
