@@ -447,8 +447,8 @@ def render(
         )
     lines += [
         "",
-        "A change waits on average half a refresh interval (up to one interval plus the "
-        "10 % jitter) for the next revision check, then one Discover round trip.",
+        "A change waits on average about half a refresh interval (at most one: the jitter "
+        "only shortens waits) for the next revision check, then one Discover round trip.",
         "",
         f"**Idle cost**: {IDLE_SERVICES:,} watched services with one instance each, no "
         "changes, default 2 s refresh: the SDK process used "

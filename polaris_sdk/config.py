@@ -238,8 +238,9 @@ class ConsumerConfig:
     service_refresh_interval: float = 2.0
     """Seconds between revision checks of a cached service."""
     refresh_jitter: float = 0.1
-    """Fraction of the refresh interval added at random, so that many caches
-    do not poll in lockstep (0 disables)."""
+    """Fraction of the refresh interval taken off each wait at random, so that
+    many caches do not poll in lockstep and a change is still seen within one
+    interval (0 disables)."""
     persist_enable: bool = False
     """Back up cached snapshots on disk for a cold start without the server."""
     persist_dir: str | None = None

@@ -35,6 +35,7 @@ __all__ = [
     "LOCATION_FIELDS",
     "instance_fields",
     "instance_message",
+    "Interner",
     "ServiceChangeEvent",
     "ServiceInstances",
     "ServiceKey",
@@ -402,42 +403,78 @@ def instance_key_to_wire(req: InstanceKeyRequest) -> Any:
     return msg
 
 
-def instance_from_wire(msg: Any, namespace: str = "", service: str = "") -> Instance:
-    """An :class:`Instance` from a ``v1.Instance`` (as Discover returns it)."""
+class Interner:
+    """Stores equal strings and metadata maps once, for one snapshot's conversion.
+
+    In a Discover answer the namespace, service, protocol, version and most
+    metadata are the same for every instance, and the wire decoder makes a
+    new ``str`` for each field read: sharing them halves what a cached
+    instance costs. Maps are shared by their items (values are immutable).
+    """
+
+    __slots__ = ("_maps", "_strings")
+
+    def __init__(self) -> None:
+        self._strings: dict[str, str] = {}
+        self._maps: dict[tuple[tuple[str, str], ...], Mapping[str, str]] = {}
+
+    def string(self, value: str) -> str:
+        return self._strings.setdefault(value, value)
+
+    def metadata(self, metadata: Mapping[str, str]) -> Mapping[str, str]:
+        if not metadata:
+            return _EMPTY
+        string = self.string
+        items = tuple(sorted((string(k), string(v)) for k, v in metadata.items()))
+        found = self._maps.get(items)
+        if found is None:
+            found = self._maps[items] = MappingProxyType(dict(items))
+        return found
+
+
+def instance_from_wire(
+    msg: Any, namespace: str = "", service: str = "", interner: Interner | None = None
+) -> Instance:
+    """An :class:`Instance` from a ``v1.Instance`` (as Discover returns it); ``interner``
+    shares equal strings and maps with the other instances of its snapshot."""
     ttl: int | None = None
     if msg.HasField("health_check") and msg.health_check.heartbeat.HasField("ttl"):
         ttl = msg.health_check.heartbeat.ttl.value
+    shared = interner or Interner()
+    string = shared.string
+    get = instance_fields(msg).get
     return Instance(
-        id=msg.id.value,
-        namespace=msg.namespace.value or namespace,
-        service=msg.service.value or service,
-        host=msg.host.value,
-        port=msg.port.value,
-        protocol=msg.protocol.value,
-        version=msg.version.value,
-        weight=msg.weight.value if msg.HasField("weight") else DEFAULT_WEIGHT,
-        healthy=msg.healthy.value if msg.HasField("healthy") else True,
-        isolated=msg.isolate.value,
-        metadata=frozen_metadata(msg.metadata),
+        id=get("id", ""),
+        namespace=string(get("namespace") or namespace),
+        service=string(get("service") or service),
+        host=get("host", ""),
+        port=get("port", 0),
+        protocol=string(get("protocol", "")),
+        version=string(get("version", "")),
+        weight=get("weight", DEFAULT_WEIGHT),
+        healthy=get("healthy", True),
+        isolated=get("isolate", False),
+        metadata=shared.metadata(msg.metadata),
         ttl=ttl,
-        priority=msg.priority.value,
-        logic_set=msg.logic_set.value,
-        region=msg.location.region.value,
-        zone=msg.location.zone.value,
-        campus=msg.location.campus.value,
-        vpc_id=msg.vpc_id.value,
-        revision=msg.revision.value,
+        priority=get("priority", 0),
+        logic_set=string(get("logic_set", "")),
+        region=string(get("region", "")),
+        zone=string(get("zone", "")),
+        campus=string(get("campus", "")),
+        vpc_id=string(get("vpc_id", "")),
+        revision=get("revision", ""),
     )
 
 
 def service_instances_from_wire(resp: Any, namespace: str, service: str) -> ServiceInstances:
     """A snapshot from a successful Discover INSTANCE response."""
-    ns = resp.service.namespace.value or namespace
-    name = resp.service.name.value or service
+    interner = Interner()
+    ns = interner.string(resp.service.namespace.value or namespace)
+    name = interner.string(resp.service.name.value or service)
     return ServiceInstances(
         namespace=ns,
         service=name,
         revision=resp.service.revision.value,
-        instances=tuple(instance_from_wire(i, ns, name) for i in resp.instances),
+        instances=tuple(instance_from_wire(i, ns, name, interner) for i in resp.instances),
         metadata=frozen_metadata(resp.service.metadata),
     )

@@ -148,6 +148,11 @@ class AsyncServiceCache:
     def cached_entry_named(self, namespace: str, service: str) -> Entry | None:
         return self._store.get_named(namespace, service)
 
+    @property
+    def store(self) -> Store:
+        """The snapshots (read-only use: ``lookup_named``)."""
+        return self._store
+
     async def entry(self, key: ServiceKey, timeout: float | None = None) -> Entry:
         """The current entry of ``key``, listing the service first if it is new."""
         if self._closed:
@@ -224,6 +229,7 @@ class AsyncServiceCache:
         if self._closed:
             return
         self._closed = True
+        self._store.close()
         for _, mailbox in self._state_mailboxes:
             mailbox.close()
         for service in self._services.values():

@@ -26,12 +26,13 @@ from polaris_sdk.cache.reflector import ConnectionState
 from polaris_sdk.cache.store import Entry
 from polaris_sdk.config import Configuration
 from polaris_sdk.consumer.api import (
+    WarmPicks,
     cached_entry,
     instances_query,
     listeners_of,
     new_selector,
     one_instance_query,
-    pick_one,
+    pick_from,
     service_key,
 )
 from polaris_sdk.consumer.selection import Selector
@@ -69,6 +70,7 @@ class AsyncConsumerAPI:
         self._selector: Selector = ctx.component(
             SELECTION_COMPONENT, lambda: new_selector(self._cache)
         )
+        self._warm = WarmPicks(self._cache)
         self._timeout = ctx.config.api.timeout
         self._default_policy = ctx.config.consumer.default_lb_policy
         self._watches: list[tuple[ServiceKey, Listener]] = []
@@ -115,12 +117,18 @@ class AsyncConsumerAPI:
         self, request: GetOneInstanceRequest | None = None, /, **fields: Any
     ) -> Instance:
         """One instance picked by the load balancer; InstanceNotFoundError if there is none."""
+        if not self._closed:  # a closed context's cache finds nothing warm
+            found = self._warm.pick(request, fields)
+            if found is not None:
+                return found
         req = coerce_request(GetOneInstanceRequest, request, fields)
         namespace, policy, wanted, key = one_instance_query(req, self._default_policy)
         entry = cached_entry(self._cache, namespace, req.service)
         if entry is None or self._closed:
             entry = await self._entry(namespace, req.service)
-        return pick_one(self._selector, entry, namespace, req.service, policy, wanted, key)
+        picker = self._selector.picker(entry, namespace, req.service, policy, wanted)
+        self._warm.remember(request, fields, (namespace, req.service), entry, picker)
+        return pick_from(picker, entry, key)
 
     # ------------------------------------------------------------- watches
 

@@ -23,9 +23,10 @@ class CacheOptions:
     """Seconds between revision checks of each cached service."""
     refresh_jitter: float = 0.1
     """Each wait is the interval times a random factor from ``1 - jitter`` to
-    ``1 + jitter`` (symmetric, so the mean wait stays the interval), so that
-    the services of one process (and many processes) do not poll in
-    lockstep. 0 turns it off; 1 spreads waits from 0 to twice the interval."""
+    1, so that the services of one process (and many processes) do not poll
+    in lockstep while a change is still seen within one interval (the mean
+    wait is ``1 - jitter / 2`` intervals). 0 turns it off; 1 spreads waits
+    from 0 to the interval."""
     push_empty_protection: bool = True
     """Hold back an empty answer that follows a non-empty snapshot.
 

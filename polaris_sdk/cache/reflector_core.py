@@ -154,7 +154,10 @@ class ReflectorCore:
             base = min(options.backoff_max, options.refresh_interval * (1 << doublings))
             # Half to full backoff, so services that failed together spread out.
             return base * (0.5 + rand / 2)
-        return options.refresh_interval * (1 + options.refresh_jitter * (2 * rand - 1))
+        # Jitter only shortens a wait: a change is seen within one interval
+        # (plus a round trip), never later, while the services of a process
+        # still spread out instead of polling in lockstep.
+        return options.refresh_interval * (1 - options.refresh_jitter * rand)
 
     def _enter(self, state: ConnectionState) -> ConnectionState | None:
         if state is self.state:

@@ -123,6 +123,11 @@ class ServiceCache:
         """:meth:`cached_entry` by the parts of the key (the consumer's read path)."""
         return self._store.get_named(namespace, service)
 
+    @property
+    def store(self) -> Store:
+        """The snapshots (read-only use: ``lookup_named``)."""
+        return self._store
+
     def snapshot(self, key: ServiceKey, timeout: float | None = None) -> ServiceInstances:
         return self.entry(key, timeout).current
 
@@ -200,6 +205,7 @@ class ServiceCache:
             if self._closed:
                 return
             self._closed = True
+            self._store.close()
             services = list(self._services.values())
             for _, mailbox in self._state_mailboxes:
                 mailbox.close()

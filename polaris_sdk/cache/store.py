@@ -78,6 +78,10 @@ class Entry:
         return Entry(self.snapshot, current)
 
 
+def _nothing(key: tuple[str, str]) -> Entry | None:
+    return None
+
+
 class Store:
     """Thread-safe map from :class:`ServiceKey` to :class:`Entry`."""
 
@@ -86,6 +90,9 @@ class Store:
         # The same entries by (namespace, service): the read path looks them
         # up without building a ServiceKey or running its Python-level hash.
         self._named: dict[tuple[str, str], Entry] = {}
+        self.lookup_named: Callable[[tuple[str, str]], Entry | None] = self._named.get
+        """:meth:`get_named` taking the ``(namespace, service)`` pair: one C call,
+        for the hottest read path. After :meth:`close` it finds nothing."""
         self._hooks: tuple[ReplaceHook, ...] = ()
         self._lock = threading.Lock()
 
@@ -128,6 +135,11 @@ class Store:
         confirmed = entry.confirmed(at)
         self._put(key, confirmed)
         return confirmed
+
+    def close(self) -> None:
+        """Readers through :attr:`lookup_named` find nothing from now on (so a
+        facade's warm path falls back to its full one, which raises ClosedError)."""
+        self.lookup_named = _nothing
 
     def delete(self, key: ServiceKey) -> None:
         with self._lock:

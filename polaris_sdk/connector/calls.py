@@ -26,7 +26,9 @@ move one request and its answer.
 from __future__ import annotations
 
 import importlib.metadata
-import uuid
+import itertools
+import os
+import secrets
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -82,9 +84,26 @@ _SDK_CLIENT_TYPE: Final = (
 _INSTANCE_DISCOVER: Final = wire.DISCOVER_REQUEST_TYPE.values_by_name["INSTANCE"].number
 
 
+_request_prefix = ""
+_request_seq = itertools.count()
+
+
+def _new_request_prefix() -> None:
+    global _request_prefix, _request_seq
+    _request_prefix = secrets.token_hex(8)
+    _request_seq = itertools.count()
+
+
+_new_request_prefix()
+# A forked child must not repeat its parent's ids.
+os.register_at_fork(after_in_child=_new_request_prefix)
+
+
 def new_request_id() -> str:
-    """A fresh ``request-id`` header value."""
-    return uuid.uuid4().hex
+    """A fresh ``request-id`` header value: 32 hex digits, unique per process
+    (a random prefix drawn at start and in each forked child, then a counter),
+    at a fraction of the cost of a ``uuid4`` per request."""
+    return f"{_request_prefix}{next(_request_seq):016x}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,8 +46,15 @@ from polaris_sdk._closing import Closing
 from polaris_sdk._requests import coerce_request
 from polaris_sdk.cache import CacheOptions, ConnectionState, Entry, ServiceCache, StateListener
 from polaris_sdk.cache.listwatch import MISSING_REVISION
+from polaris_sdk.cache.store import Store
 from polaris_sdk.config import Configuration
-from polaris_sdk.consumer.loadbalancer import LB_POLICIES, RING_HASH, check_policy, hash_key_bytes
+from polaris_sdk.consumer.loadbalancer import (
+    LB_POLICIES,
+    RING_HASH,
+    Picker,
+    check_policy,
+    hash_key_bytes,
+)
 from polaris_sdk.consumer.routers import MetadataKey, metadata_key
 from polaris_sdk.consumer.selection import Selector
 from polaris_sdk.context import SDKContext
@@ -70,7 +77,7 @@ from polaris_sdk.validation import (
     check_service,
 )
 
-__all__ = ["CACHE_COMPONENT", "SELECTION_COMPONENT", "ConsumerAPI"]
+__all__ = ["CACHE_COMPONENT", "SELECTION_COMPONENT", "ConsumerAPI", "WarmPicks"]
 
 logger = logging.getLogger("polaris_sdk.consumer.api")
 
@@ -114,6 +121,7 @@ class ConsumerAPI(Closing):
         self._selector: Selector = ctx.component(
             SELECTION_COMPONENT, lambda: new_selector(self._cache)
         )
+        self._warm = WarmPicks(self._cache)
         self._timeout = ctx.config.api.timeout
         self._default_policy = ctx.config.consumer.default_lb_policy
         self._lock = threading.Lock()
@@ -166,10 +174,16 @@ class ConsumerAPI(Closing):
         self, request: GetOneInstanceRequest | None = None, /, **fields: Any
     ) -> Instance:
         """One instance picked by the load balancer; InstanceNotFoundError if there is none."""
+        if not self._closed:  # a closed context's cache finds nothing warm
+            found = self._warm.pick(request, fields)
+            if found is not None:
+                return found
         req = coerce_request(GetOneInstanceRequest, request, fields)
         namespace, policy, wanted, key = one_instance_query(req, self._default_policy)
         entry = self._entry(namespace, req.service)
-        return pick_one(self._selector, entry, namespace, req.service, policy, wanted, key)
+        picker = self._selector.picker(entry, namespace, req.service, policy, wanted)
+        self._warm.remember(request, fields, (namespace, req.service), entry, picker)
+        return pick_from(picker, entry, key)
 
     # ------------------------------------------------------------- watches
 
@@ -305,20 +319,123 @@ def one_instance_query(
     return req.namespace or DEFAULT_NAMESPACE, policy, wanted, hash_key_bytes(hash_key)
 
 
-def pick_one(
-    selector: Selector,
-    entry: Entry,
-    namespace: str,
-    service: str,
-    policy: str,
-    wanted: MetadataKey,
-    key: bytes | None,
-) -> Instance:
-    """The load balancer's pick over ``entry``; InstanceNotFoundError when there is none."""
-    picker = selector.picker(entry, namespace, service, policy, wanted)
+def pick_from(picker: Picker | None, entry: Entry, key: bytes | None = None) -> Instance:
+    """``picker``'s pick over ``entry``; InstanceNotFoundError when there is no picker."""
     if picker is None:
         raise InstanceNotFoundError(_no_instance(entry.snapshot))
     return picker.pick(key)
+
+
+MAX_WARM: Final = 1024
+"""Calls remembered by :class:`WarmPicks` before it starts afresh."""
+
+_WarmKey = tuple[Any, Any, Any]
+_Warm = tuple[tuple[str, str], ServiceInstances, Callable[[bytes | None], Instance]]
+
+
+class WarmPicks:
+    """The warm path of ``get_one_instance`` without a filter or a hash key.
+
+    Most calls name only the service (and maybe the namespace and policy), as
+    keywords or in a prepared request. For those, the full path (build the
+    request, validate it, find the entry, ask the selector) gives the same
+    picker until the service's snapshot is replaced, so it is remembered by
+    the call's own arguments (``(namespace, service, lb_policy)`` as given,
+    or a prepared request by identity), with the snapshot it was built for,
+    and used while that snapshot is still the cached one (checked by
+    identity). Only calls that took the
+    full path successfully are remembered, so every argument found here was
+    validated; anything else (a filter, a hash key, another keyword, an
+    unhashable value, a closed facade) takes the full path.
+
+    Readers only call ``dict.get``; when full the memo is replaced by a new
+    one, never cleared under a reader.
+    """
+
+    __slots__ = ("_by_keywords", "_by_request", "_by_service", "_store")
+
+    def __init__(self, cache: Any) -> None:
+        # Read through the store at each call: a closed cache's finds nothing.
+        self._store: Store = cache.store
+        # service= alone (the commonest call), by the service name.
+        self._by_service: dict[str, _Warm] = {}
+        # Other keyword calls, by (namespace, service, lb_policy) as given.
+        self._by_keywords: dict[_WarmKey, _Warm] = {}
+        # Prepared requests by identity; the request is kept with its pick,
+        # so its id cannot be reused while it is remembered.
+        self._by_request: dict[int, tuple[GetOneInstanceRequest, _Warm]] = {}
+
+    def pick(
+        self, request: GetOneInstanceRequest | None, fields: Mapping[str, Any]
+    ) -> Instance | None:
+        """The pick for this call if it is warm, else None (take the full path)."""
+        if request is None:
+            try:
+                if len(fields) == 1:
+                    found = self._by_service.get(fields.get("service"))  # type: ignore[arg-type]
+                else:
+                    found = self._by_keywords.get(_keywords_key(fields))  # type: ignore[arg-type]
+            except TypeError:  # an unhashable argument: the full path names it
+                return None
+        elif fields:
+            return None
+        else:
+            held = self._by_request.get(id(request))
+            if held is None or held[0] is not request:
+                return None
+            found = held[1]
+        if found is None:
+            return None
+        named, snapshot, pick = found
+        entry = self._store.lookup_named(named)
+        if entry is None or entry.snapshot is not snapshot:
+            return None
+        return pick(None)
+
+    def remember(
+        self,
+        request: GetOneInstanceRequest | None,
+        fields: Mapping[str, Any],
+        named: tuple[str, str],
+        entry: Entry,
+        picker: Picker | None,
+    ) -> None:
+        """Keep what the full path found for this (valid) call, if it can be warm:
+        ``picker`` over ``entry``, the cache's entry of ``named`` (namespace, service)."""
+        if picker is None:
+            return
+        warm = (named, entry.snapshot, picker.pick)
+        # A full memo is replaced, never cleared: a reader may be holding it.
+        if request is not None:
+            # Frozen, and a metadata of None cannot be filled in later.
+            if request.__class__ is not GetOneInstanceRequest or fields:
+                return
+            if request.hash_key is not None or request.metadata is not None:
+                return
+            if len(self._by_request) >= MAX_WARM:
+                self._by_request = {}
+            self._by_request[id(request)] = (request, warm)
+            return
+        key = _keywords_key(fields)
+        if key is None:
+            return
+        if len(fields) == 1:
+            if len(self._by_service) >= MAX_WARM:
+                self._by_service = {}
+            self._by_service[key[1]] = warm
+        else:
+            if len(self._by_keywords) >= MAX_WARM:
+                self._by_keywords = {}
+            self._by_keywords[key] = warm
+
+
+def _keywords_key(fields: Mapping[str, Any]) -> _WarmKey | None:
+    namespace = fields.get("namespace")
+    policy = fields.get("lb_policy")
+    service = fields.get("service")
+    if service is None or len(fields) != 1 + (namespace is not None) + (policy is not None):
+        return None  # another keyword, or an explicit None: not a warm call
+    return (namespace, service, policy)
 
 
 def cached_entry(cache: Any, namespace: str, service: str) -> Entry | None:

@@ -168,3 +168,26 @@ def test_weight_none_sends_no_weight() -> None:
         InstanceRegisterRequest(service="e", host="h", port=1, weight=0)
     )
     assert msg.HasField("weight") and msg.weight.value == 0
+
+
+def test_a_snapshot_stores_equal_strings_and_metadata_maps_once() -> None:
+    from polaris_sdk import wire
+    from polaris_sdk.model import service_instances_from_wire
+
+    resp = wire.DiscoverResponse()
+    for n in range(3):
+        inst = resp.instances.add()
+        inst.id.value = f"id-{n}"
+        inst.host.value = f"10.0.0.{n}"
+        inst.port.value = 8080
+        inst.protocol.value = "grpc"
+        inst.version.value = "1.0"
+        inst.metadata.update({"env": "prod", "zone": "z1" if n < 2 else "z2"})
+    snap = service_instances_from_wire(resp, "default", "echo")
+    a, b, c = snap.instances
+    assert a.protocol is b.protocol is c.protocol and a.version is c.version
+    assert a.service is snap.service and a.namespace is snap.namespace
+    assert a.metadata is b.metadata and a.metadata == {"env": "prod", "zone": "z1"}
+    assert c.metadata == {"env": "prod", "zone": "z2"} and c.metadata is not a.metadata
+    with pytest.raises(TypeError):
+        a.metadata["env"] = "dev"  # type: ignore[index]
