@@ -39,14 +39,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def serve_http(host: str, port: int) -> tuple[int, threading.Event]:
+def serve_http(host: str, port: int) -> tuple[int, object]:
     server = http.server.ThreadingHTTPServer((host, port), _Handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="greeter-http", daemon=True).start()
-    return server.server_address[1], threading.Event()
+    return server.server_address[1], server
 
 
-def serve_grpc(host: str, port: int) -> tuple[int, grpc.Server]:
+def serve_grpc(host: str, port: int) -> tuple[int, object]:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     bound: list[int] = []
 
@@ -71,11 +71,11 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
 
-    port = (
-        serve_http(args.host, args.port)[0]
-        if args.kind == "http"
-        else serve_grpc(args.host, args.port)[0]
-    )
+    # Keep the server objects: a grpc.Server stops when it is garbage collected.
+    if args.kind == "http":
+        port, keep = serve_http(args.host, args.port)
+    else:
+        port, keep = serve_grpc(args.host, args.port)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -91,6 +91,7 @@ def main() -> None:
         )
         print(f"READY {port}", flush=True)
         stop.wait()
+    del keep
 
 
 if __name__ == "__main__":
