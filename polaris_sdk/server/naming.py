@@ -87,6 +87,7 @@ _SERVICES = _REQ["SERVICES"].number
 _RULE_TYPES: Final = frozenset(
     _REQ[name].number for name in ("ROUTING", "RATE_LIMIT", "CIRCUIT_BREAKER", "FAULT_DETECTOR")
 )
+_CIRCUIT_BREAKER: Final = _REQ["CIRCUIT_BREAKER"].number
 
 # The real server's wording (its code2info table) for every code this server sends.
 _INFO: Final[dict[int, str]] = {
@@ -355,6 +356,10 @@ class ServerFaults:
 
 class NamingService:
     """Registration, heartbeat and discovery over a store plugin; see the module doc."""
+
+    circuit_breaker_rules: Any = None
+    """A :class:`~polaris_sdk.server.cbrules.CircuitBreakerRules` answering Discover
+    CIRCUIT_BREAKER (set by PolarisServer); None answers with no rules."""
 
     def __init__(
         self,
@@ -660,6 +665,9 @@ class NamingService:
             return discover_response(wire.Code.InvalidServiceName, kind, _echo_service(asked))
         if not asked.namespace.value:
             return discover_response(wire.Code.InvalidNamespaceName, kind, _echo_service(asked))
+        rules = self.circuit_breaker_rules
+        if kind == _CIRCUIT_BREAKER and rules is not None:
+            return rules.discover(asked.namespace.value, asked.name.value, asked.revision.value)
         return discover_response(wire.Code.ExecuteSuccess, kind, echo)
 
     # -------------------------------------------------------- report client
