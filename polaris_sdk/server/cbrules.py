@@ -93,6 +93,13 @@ class CircuitBreakerRules:
         finally:
             db.close()
 
+    def clear(self) -> None:
+        """Forget every rule."""
+        with self._lock:
+            ids = list(self._rules)
+        for rule_id in ids:
+            self.delete(rule_id)
+
     # ------------------------------------------------------------ reading
 
     def list(self) -> list[Any]:
