@@ -16,9 +16,12 @@ Contract (pure, no I/O; used by the httpx and requests integrations):
   made (refused, unreachable, connect timeout) is ``unreachable`` and is
   retried on another instance (the request was never sent); a timeout after
   that is ``timeout``; any other transport error ``fail``; an answer is a
-  ``success`` with its status as ``ret_code`` (5xx count as errors).
-  Timeouts, other transport errors and 5xx answers are retried only when
-  the caller opts in, and only for idempotent methods.
+  ``success`` with its status as ``ret_code`` (5xx count as errors). A
+  request of an idempotent method whose connection broke before any answer
+  (reset or closed, typically a kept-alive connection to a process that
+  just died) is ``fail`` and retried too, as Go's net/http does. Timeouts,
+  other transport errors and 5xx answers are retried only when the caller
+  opts in, and only for idempotent methods.
 * :class:`Attempts` remembers the instances one request tried, so a retry
   never goes back to an instance that just failed.
 """

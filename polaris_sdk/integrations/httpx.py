@@ -18,9 +18,12 @@ Contract:
   latency with ``update_service_call_result``.
 * A request that could not be sent at all (connection refused or
   unreachable, connect timeout) is retried on another instance, ``retries``
-  more times (default 2). With ``retry_idempotent=True``, timeouts, other
-  transport errors and 5xx answers of idempotent methods (GET, HEAD,
-  OPTIONS, PUT, DELETE, TRACE) are retried too. A retry never goes to an
+  more times (default 2); so is a request of an idempotent method whose
+  connection broke before any answer came (reset, closed: a kept-alive
+  connection to a process that just died), as Go's net/http does. With
+  ``retry_idempotent=True``, timeouts, other transport errors and 5xx
+  answers of idempotent methods (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) are
+  retried too. A retry never goes to an
   instance this request already tried; with none left, the last error is
   raised (or the last 5xx answer returned). Requests with a streaming body
   are not retried.
@@ -41,14 +44,16 @@ from polaris_sdk.model import DEFAULT_NAMESPACE, Instance
 __all__ = ["AsyncPolarisTransport", "PolarisTransport"]
 
 _UNREACHABLE = (httpx.ConnectError, httpx.ConnectTimeout)
+_BROKEN = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
 
 
-def _outcome(exc: httpx.TransportError) -> str:
+def _outcome(exc: httpx.TransportError) -> tuple[str, bool]:
+    """(ret_status, whether the connection broke before any answer)."""
     if isinstance(exc, _UNREACHABLE):
-        return "unreachable"
+        return "unreachable", False
     if isinstance(exc, httpx.TimeoutException):
-        return "timeout"
-    return "fail"
+        return "timeout", False
+    return "fail", isinstance(exc, _BROKEN)
 
 
 def _routed(request: httpx.Request, instance: Instance) -> httpx.Request:
@@ -73,13 +78,15 @@ class _Options:
         self.retries = retries
         self.retry_idempotent = retry_idempotent
 
-    def plan(self, request: httpx.Request) -> tuple[str, str, int, bool] | None:
-        """(namespace, service, attempts, retry_idempotent) or None to pass it through."""
+    def plan(self, request: httpx.Request) -> tuple[str, str, int, bool, bool] | None:
+        """(namespace, service, attempts, idempotent method, retry it on any failure),
+        or None to pass the request through."""
         target = service_of(request.url.host, self.namespace)
         if target is None:
             return None
         attempts = 1 + self.retries if _replayable(request) else 1
-        return target[0], target[1], attempts, may_retry(request.method, self.retry_idempotent)
+        safe = may_retry(request.method, True)
+        return target[0], target[1], attempts, safe, safe and self.retry_idempotent
 
 
 class PolarisTransport(httpx.BaseTransport):
@@ -103,7 +110,7 @@ class PolarisTransport(httpx.BaseTransport):
         plan = self._options.plan(request)
         if plan is None:
             return self._inner.handle_request(request)
-        namespace, service, attempts, idempotent = plan
+        namespace, service, attempts, safe, idempotent = plan
         tried = Attempts()
         failure: httpx.TransportError | None = None
         answer: httpx.Response | None = None
@@ -116,11 +123,11 @@ class PolarisTransport(httpx.BaseTransport):
             try:
                 response = self._inner.handle_request(_routed(request, instance))
             except httpx.TransportError as exc:
-                status = _outcome(exc)
+                status, broken = _outcome(exc)
                 self._report(namespace, service, instance, request, started, status, None)
                 tried.failed(instance)
                 failure = exc
-                if last or not (status == "unreachable" or idempotent):
+                if last or not (status == "unreachable" or idempotent or (broken and safe)):
                     raise
                 continue
             code = response.status_code
@@ -187,7 +194,7 @@ class AsyncPolarisTransport(httpx.AsyncBaseTransport):
         plan = self._options.plan(request)
         if plan is None:
             return await self._inner.handle_async_request(request)
-        namespace, service, attempts, idempotent = plan
+        namespace, service, attempts, safe, idempotent = plan
         tried = Attempts()
         failure: httpx.TransportError | None = None
         answer: httpx.Response | None = None
@@ -200,11 +207,11 @@ class AsyncPolarisTransport(httpx.AsyncBaseTransport):
             try:
                 response = await self._inner.handle_async_request(_routed(request, instance))
             except httpx.TransportError as exc:
-                status = _outcome(exc)
+                status, broken = _outcome(exc)
                 await self._report(namespace, service, instance, request, started, status, None)
                 tried.failed(instance)
                 failure = exc
-                if last or not (status == "unreachable" or idempotent):
+                if last or not (status == "unreachable" or idempotent or (broken and safe)):
                     raise
                 continue
             code = response.status_code

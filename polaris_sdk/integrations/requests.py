@@ -8,7 +8,8 @@ The same rules as :mod:`polaris_sdk.integrations.httpx`: which hosts name
 services (:func:`~polaris_sdk.integrations._calls.service_of`; others are
 sent as they are), one pick and one report per attempt, requests whose
 connection could not be made retried on another instance (``retries``,
-default 2), timeouts and 5xx of idempotent methods only with
+default 2), and those of idempotent methods whose connection broke before any
+answer, timeouts and 5xx of idempotent methods only with
 ``retry_idempotent=True``, never the same instance twice for one request.
 Needs the ``requests`` extra.
 """
@@ -28,16 +29,13 @@ from polaris_sdk.model import DEFAULT_NAMESPACE, Instance
 __all__ = ["PolarisAdapter"]
 
 
-def _outcome(exc: requests.RequestException) -> str:
-    if isinstance(exc, requests.exceptions.ConnectTimeout | requests.exceptions.ConnectionError):
-        if isinstance(exc, requests.exceptions.ReadTimeout):
-            return "timeout"
-        if isinstance(exc, requests.exceptions.ConnectTimeout) or _refused(exc):
-            return "unreachable"
-        return "fail"
+def _outcome(exc: requests.RequestException) -> tuple[str, bool]:
+    """(ret_status, whether the connection broke before any answer)."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout) or _refused(exc):
+        return "unreachable", False
     if isinstance(exc, requests.exceptions.Timeout):
-        return "timeout"
-    return "fail"
+        return "timeout", False
+    return "fail", isinstance(exc, requests.exceptions.ConnectionError)
 
 
 def _refused(exc: BaseException) -> bool:
@@ -73,7 +71,8 @@ class PolarisAdapter(requests.adapters.HTTPAdapter):
         namespace, service = target
         replayable = request.body is None or isinstance(request.body, bytes | str)
         attempts = 1 + self._retries if replayable else 1
-        idempotent = may_retry(request.method or "", self._retry_idempotent)
+        safe = may_retry(request.method or "", True)
+        idempotent = safe and self._retry_idempotent
         tried = Attempts()
         answer: Any = None
         for attempt in range(attempts):
@@ -89,10 +88,10 @@ class PolarisAdapter(requests.adapters.HTTPAdapter):
             try:
                 response = super().send(routed, *args, **kwargs)
             except requests.RequestException as exc:
-                status = _outcome(exc)
+                status, broken = _outcome(exc)
                 self._report(namespace, service, instance, url.path, started, status, None)
                 tried.failed(instance)
-                if last or not (status == "unreachable" or idempotent):
+                if last or not (status == "unreachable" or idempotent or (broken and safe)):
                     raise
                 continue
             code = response.status_code
