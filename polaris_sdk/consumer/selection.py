@@ -11,7 +11,11 @@ Contract:
   pickers. A value is valid for the snapshot it was built from and checked
   by identity (``value.snapshot is entry.snapshot``): a re-confirmed
   snapshot (200001) keeps its object, so it keeps its pickers; a new one
-  misses and rebuilds. A warm call is one dict lookup and one identity check.
+  misses and rebuilds. Pickers also carry the circuit breakers' generation
+  of their service (:mod:`polaris_sdk.consumer.breakers`), which changes
+  only when an instance breaker of that service changes state, so they
+  leave OPEN instances out and guard HALF_OPEN ones. A warm call is one dict
+  lookup, one identity check and the generation read (two dict lookups).
 * Bounded without relying on the GIL: each memo is two generations of plain
   dicts. Readers only call ``dict.get``; writers hold the memo's lock, insert
   into the young generation and, when it is full, make it the old one
