@@ -99,7 +99,7 @@ def test_discover_matches_destination_with_wildcards_and_answers_200001(
     assert sorted(r.name for r in answer.circuitBreaker.rules) == ["any", "one"]
     revision = answer.circuitBreaker.revision.value
     assert discover(server, "callee", revision).code.value == 200001
-    assert [r.name for r in discover(server, "other").circuitBreaker.rules] == ["any", "x"]
+    assert sorted(r.name for r in discover(server, "other").circuitBreaker.rules) == ["any", "x"]
 
 
 def test_rules_survive_a_restart_with_a_data_dir(tmp_path: Path, no_thread_leak: None) -> None:
@@ -143,12 +143,3 @@ def test_rules_from_the_server_change_the_breaker_within_one_refresh(
             fail(7002)  # the default rule needs 10 in a row
         ports = {consumer.get_one_instance(service="callee").port for _ in range(120)}
         assert ports == {7002, 7003}
-
-
-def test_the_pytest_plugin_puts_rules_and_resets_them(polaris_server: Any) -> None:
-    [rule_id] = polaris_server.put_circuit_breaker_rules(rule("from-plugin"))
-    assert [r.id for r in discover(polaris_server.server, "callee").circuitBreaker.rules] == [
-        rule_id
-    ]
-    polaris_server.reset()
-    assert not discover(polaris_server.server, "callee").circuitBreaker.rules
