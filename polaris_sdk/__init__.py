@@ -14,10 +14,12 @@ if TYPE_CHECKING:
     from polaris_sdk.aio import AsyncConsumerAPI, AsyncProviderAPI, AsyncSDKContext
     from polaris_sdk.config import Configuration
     from polaris_sdk.consumer import ConnectionState, ConsumerAPI
+    from polaris_sdk.consumer.circuitbreaker_api import CircuitBreakerAPI
     from polaris_sdk.context import SDKContext
     from polaris_sdk.errors import (
         AuthError,
         BadRequestError,
+        CallAbortedError,
         ClosedError,
         ConfigError,
         InstanceNotFoundError,
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
         WrongLoopError,
     )
     from polaris_sdk.model import (
+        CircuitBreakerEvent,
         GetAllInstancesRequest,
         GetInstancesRequest,
         GetOneInstanceRequest,
@@ -39,6 +42,8 @@ if TYPE_CHECKING:
         InstanceHeartbeatRequest,
         InstanceRegisterRequest,
         InstanceRegisterResponse,
+        Resource,
+        ServiceCallResult,
         ServiceChangeEvent,
         ServiceInstances,
         ServiceKey,
@@ -54,6 +59,9 @@ _EXPORTS: dict[str, str] = {
     "AsyncSDKContext": "polaris_sdk.aio",
     "AuthError": "polaris_sdk.errors",
     "BadRequestError": "polaris_sdk.errors",
+    "CallAbortedError": "polaris_sdk.errors",
+    "CircuitBreakerAPI": "polaris_sdk.consumer.circuitbreaker_api",
+    "CircuitBreakerEvent": "polaris_sdk.model",
     "ClosedError": "polaris_sdk.errors",
     "ConfigError": "polaris_sdk.errors",
     "Configuration": "polaris_sdk.config",
@@ -73,9 +81,11 @@ _EXPORTS: dict[str, str] = {
     "PolarisTimeoutError": "polaris_sdk.errors",
     "ProtocolMismatchError": "polaris_sdk.errors",
     "ProviderAPI": "polaris_sdk.provider",
+    "Resource": "polaris_sdk.model",
     "ResourceNotFoundError": "polaris_sdk.errors",
     "SDKContext": "polaris_sdk.context",
     "ServerError": "polaris_sdk.errors",
+    "ServiceCallResult": "polaris_sdk.model",
     "ServiceChangeEvent": "polaris_sdk.model",
     "ServiceInstances": "polaris_sdk.model",
     "ServiceKey": "polaris_sdk.model",
@@ -90,6 +100,9 @@ __all__ = [
     "AsyncSDKContext",
     "AuthError",
     "BadRequestError",
+    "CallAbortedError",
+    "CircuitBreakerAPI",
+    "CircuitBreakerEvent",
     "ClosedError",
     "ConfigError",
     "Configuration",
@@ -109,9 +122,11 @@ __all__ = [
     "PolarisTimeoutError",
     "ProtocolMismatchError",
     "ProviderAPI",
+    "Resource",
     "ResourceNotFoundError",
     "SDKContext",
     "ServerError",
+    "ServiceCallResult",
     "ServiceChangeEvent",
     "ServiceInstances",
     "ServiceKey",

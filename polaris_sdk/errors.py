@@ -9,6 +9,7 @@ The tree::
     ├── ClosedError                 the SDKContext or facade is closed
     ├── WrongLoopError              an AsyncSDKContext used off its event loop
     ├── InstanceNotFoundError       no instance to answer a consumer call
+    ├── CallAbortedError            a circuit breaker is open: the call was not made
     ├── NetworkError                the server could not be reached
     │   └── PolarisTimeoutError     the call ran past its deadline
     └── ServerError                 the server answered with a code other than success
@@ -33,6 +34,7 @@ __all__ = [
     "AuthError",
     "BadRequestError",
     "CODE_ERRORS",
+    "CallAbortedError",
     "ClosedError",
     "ConfigError",
     "HealthCheckDisabledError",
@@ -101,6 +103,17 @@ class WrongLoopError(PolarisError, RuntimeError):
 
 class InstanceNotFoundError(PolarisError, LookupError):
     """A consumer call found no instance of the service to answer with."""
+
+
+class CallAbortedError(PolarisError, RuntimeError):
+    """A circuit breaker refused the call. ``resource`` names what it guards, ``rule``
+    the rule that opened it, ``fallback`` what the rule answers instead (or None)."""
+
+    def __init__(self, resource: str, rule: str, fallback: object = None) -> None:
+        super().__init__(f"circuit breaker of {resource} is open (rule {rule})")
+        self.resource = resource
+        self.rule = rule
+        self.fallback = fallback
 
 
 class NetworkError(PolarisError, ConnectionError):

@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_TTL",
     "DEFAULT_WEIGHT",
     "LB_POLICIES",
+    "CircuitBreakerEvent",
     "GetAllInstancesRequest",
     "GetInstancesRequest",
     "GetOneInstanceRequest",
@@ -36,6 +37,8 @@ __all__ = [
     "instance_fields",
     "instance_message",
     "Interner",
+    "Resource",
+    "ServiceCallResult",
     "ServiceChangeEvent",
     "ServiceInstances",
     "ServiceKey",
@@ -276,6 +279,69 @@ class WatchServiceRequest:
     namespace: str = DEFAULT_NAMESPACE
     service: str = ""
     listeners: Sequence[Listener] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceCallResult:
+    """The outcome of one call to an instance, for the circuit breaker.
+
+    Name the instance with ``instance`` (as ``get_one_instance`` returned it)
+    or with ``host`` and ``port``. ``ret_status`` is ``"success"``, ``"fail"``,
+    ``"timeout"`` or ``"unreachable"`` (the connection could not be made at
+    all: refused, no route); ``ret_code`` is the protocol's code (an HTTP
+    status, a gRPC code); ``delay`` is the call's duration in seconds;
+    ``method`` names what was called (an HTTP path, a gRPC method).
+    """
+
+    namespace: str = DEFAULT_NAMESPACE
+    service: str = ""
+    instance: Instance | None = None
+    host: str = ""
+    port: int | None = None
+    ret_status: str = "success"
+    ret_code: int | None = None
+    delay: float | None = None
+    method: str = ""
+    caller_namespace: str = ""
+    caller_service: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Resource:
+    """What a :class:`~polaris_sdk.CircuitBreakerAPI` breaker guards: a service, one
+    ``method`` of it, or one instance (``host`` and ``port``)."""
+
+    namespace: str = DEFAULT_NAMESPACE
+    service: str = ""
+    method: str = ""
+    host: str = ""
+    port: int | None = None
+
+    @property
+    def level(self) -> str:
+        if self.host:
+            return "instance"
+        return "method" if self.method else "service"
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitBreakerEvent:
+    """A breaker changed state. ``level`` is ``instance`` (``resource`` is
+    ``host:port``), ``service`` (``resource`` is empty) or ``method``
+    (``resource`` is the method); states are ``closed``, ``open``, ``half_open``."""
+
+    namespace: str
+    service: str
+    level: str
+    resource: str
+    old_state: str
+    new_state: str
+    reason: str
+    rule: str
+
+    @property
+    def service_key(self) -> ServiceKey:
+        return ServiceKey(self.namespace, self.service)
 
 
 # --------------------------------------------------------------- conversion

@@ -36,6 +36,11 @@ EXPECTED: dict[str, list[str]] = {
         "connection state: CONNECTED",
         "done",
     ],
+    "calling_services.py": [
+        ": open (connection could not be made)",
+        "failed calls: 0",
+        "done",
+    ],
     "raw_stubs.py": [
         "RegisterInstance -> 200000",
         "Discover -> 127.0.0.1:9090 healthy=True",
@@ -45,7 +50,10 @@ EXPECTED: dict[str, list[str]] = {
 }
 
 # Examples that run until interrupted are driven (with a signal) by their own test.
-RUN_ELSEWHERE: dict[str, str] = {"provider.py": "tests/provider/test_exit.py"}
+RUN_ELSEWHERE: dict[str, str] = {
+    "provider.py": "tests/provider/test_exit.py",
+    "greeter.py": "tests/integrations/greeters.py",
+}
 
 
 def test_examples_exist() -> None:

@@ -22,6 +22,7 @@ from typing import Any, Final, Self
 from polaris_sdk._requests import coerce_request
 from polaris_sdk.aio.cache import AsyncServiceCache
 from polaris_sdk.aio.context import AsyncSDKContext
+from polaris_sdk.aio.dispatch import AsyncMailbox
 from polaris_sdk.cache.reflector import ConnectionState
 from polaris_sdk.cache.store import Entry
 from polaris_sdk.config import Configuration
@@ -33,8 +34,11 @@ from polaris_sdk.consumer.api import (
     new_selector,
     one_instance_query,
     pick_from,
+    report_call,
     service_key,
 )
+from polaris_sdk.consumer.breakers import CircuitBreakers, EventListener
+from polaris_sdk.consumer.cbrules import AsyncRulePoller
 from polaris_sdk.consumer.selection import Selector
 from polaris_sdk.errors import ClosedError
 from polaris_sdk.model import (
@@ -43,6 +47,7 @@ from polaris_sdk.model import (
     GetInstancesRequest,
     GetOneInstanceRequest,
     Instance,
+    ServiceCallResult,
     ServiceChangeEvent,
     ServiceInstances,
     ServiceKey,
@@ -53,6 +58,7 @@ __all__ = ["AsyncConsumerAPI"]
 
 CACHE_COMPONENT: Final = "aio.consumer.cache"
 SELECTION_COMPONENT: Final = "aio.consumer.selection"
+BREAKER_COMPONENT: Final = "aio.consumer.circuitbreaker"
 
 Listener = Callable[[ServiceChangeEvent], Any]
 StateListener = Callable[[ServiceKey, ConnectionState], Any]
@@ -67,10 +73,14 @@ class AsyncConsumerAPI:
         self._cache: AsyncServiceCache = ctx.component(
             CACHE_COMPONENT, lambda: AsyncServiceCache(ctx)
         )
-        self._selector: Selector = ctx.component(
-            SELECTION_COMPONENT, lambda: new_selector(self._cache)
+        self._breakers: CircuitBreakers = ctx.component(
+            BREAKER_COMPONENT, lambda: _new_breakers(ctx)
         )
-        self._warm = WarmPicks(self._cache)
+        self._selector: Selector = ctx.component(
+            SELECTION_COMPONENT, lambda: new_selector(self._cache, self._breakers)
+        )
+        self._breaker_listeners: list[EventListener] = []
+        self._warm = WarmPicks(self._cache, self._breakers)
         self._timeout = ctx.config.api.timeout
         self._default_policy = ctx.config.consumer.default_lb_policy
         self._watches: list[tuple[ServiceKey, Listener]] = []
@@ -126,9 +136,30 @@ class AsyncConsumerAPI:
         entry = cached_entry(self._cache, namespace, req.service)
         if entry is None or self._closed:
             entry = await self._entry(namespace, req.service)
+        generation = self._breakers.generation(namespace, req.service)
         picker = self._selector.picker(entry, namespace, req.service, policy, wanted)
-        self._warm.remember(request, fields, (namespace, req.service), entry, picker)
+        self._warm.remember(request, fields, (namespace, req.service), entry, picker, generation)
         return pick_from(picker, entry, key)
+
+    # --------------------------------------------------------- call results
+
+    async def update_service_call_result(
+        self, request: ServiceCallResult | None = None, /, **fields: Any
+    ) -> None:
+        """Report how one call to an instance went; no I/O, nothing awaited."""
+        report_call(self._breakers, coerce_request(ServiceCallResult, request, fields))
+
+    def add_circuit_breaker_listener(self, listener: EventListener) -> None:
+        """Call ``listener(event)`` (plain or ``async def``) on every breaker state
+        change, on the loop, behind its own mailbox."""
+        self._check_open()
+        self._breaker_listeners.append(listener)
+        self._breakers.add_listener(listener)
+
+    def remove_circuit_breaker_listener(self, listener: EventListener) -> None:
+        if listener in self._breaker_listeners:
+            self._breaker_listeners.remove(listener)
+        self._breakers.remove_listener(listener)
 
     # ------------------------------------------------------------- watches
 
@@ -191,6 +222,7 @@ class AsyncConsumerAPI:
         self._closed = True
         watches, self._watches = self._watches, []
         state_listeners, self._state_listeners = self._state_listeners, []
+        breaker_listeners, self._breaker_listeners = self._breaker_listeners, []
         if self._owns_context:
             await self._ctx.aclose()
             return
@@ -198,6 +230,8 @@ class AsyncConsumerAPI:
             self._cache.unwatch(key, listener)
         for state_listener in state_listeners:
             self._cache.remove_state_listener(state_listener)
+        for breaker_listener in breaker_listeners:
+            self._breakers.remove_listener(breaker_listener)
 
     async def __aenter__(self) -> Self:
         self._ctx.check_loop()
@@ -227,3 +261,18 @@ class AsyncConsumerAPI:
         if entry is not None:
             return entry
         return await self._cache.entry(service_key(namespace, service), self._timeout)
+
+
+def _new_breakers(ctx: AsyncSDKContext) -> CircuitBreakers:
+    pollers: list[AsyncRulePoller] = []
+
+    def mailbox(listener: EventListener) -> AsyncMailbox[Any]:
+        return AsyncMailbox(ctx.loop, listener)
+
+    breakers = CircuitBreakers(mailbox=mailbox, on_new_service=lambda key: pollers[0].start(key))
+    pollers.append(
+        AsyncRulePoller(
+            ctx, breakers, ctx.config.consumer.service_refresh_interval, ctx.config.api.timeout
+        )
+    )
+    return breakers

@@ -11,7 +11,11 @@ Contract:
   pickers. A value is valid for the snapshot it was built from and checked
   by identity (``value.snapshot is entry.snapshot``): a re-confirmed
   snapshot (200001) keeps its object, so it keeps its pickers; a new one
-  misses and rebuilds. A warm call is one dict lookup and one identity check.
+  misses and rebuilds. Pickers also carry the circuit breakers' generation
+  of their service (:mod:`polaris_sdk.consumer.breakers`), which changes
+  only when an instance breaker of that service changes state, so they
+  leave OPEN instances out and guard HALF_OPEN ones. A warm call is one dict
+  lookup, one identity check and the generation read (two dict lookups).
 * Bounded without relying on the GIL: each memo is two generations of plain
   dicts. Readers only call ``dict.get``; writers hold the memo's lock, insert
   into the young generation and, when it is full, make it the old one
@@ -43,6 +47,7 @@ from collections.abc import Callable, Hashable, Iterator
 from typing import Final, Generic, TypeVar
 
 from polaris_sdk.cache.store import Entry
+from polaris_sdk.consumer.breakers import CircuitBreakers, GuardedPicker
 from polaris_sdk.consumer.loadbalancer import (
     LB_POLICIES,
     RING_HASH,
@@ -153,24 +158,29 @@ class Route:
         self.fallback = fallback
         # The get_instances answer and the entry it was built for: it carries
         # that entry's updated_at, so a confirmation builds a new one.
-        self.view: tuple[Entry, ServiceInstances] | None = None
+        self.view: tuple[Entry, int, ServiceInstances] | None = None
 
 
 class Choice:
-    """A picker (None: no candidates) for one snapshot, policy and filter."""
+    """A picker (None: no candidates) for one snapshot, breaker generation, policy
+    and filter."""
 
-    __slots__ = ("picker", "snapshot")
+    __slots__ = ("generation", "picker", "snapshot")
 
-    def __init__(self, snapshot: ServiceInstances, picker: Picker | None) -> None:
+    def __init__(
+        self, snapshot: ServiceInstances, picker: Picker | None, generation: int = 0
+    ) -> None:
         self.snapshot = snapshot
         self.picker = picker
+        self.generation = generation
 
 
 class Selector:
     """Candidates and pickers per snapshot and filter; thread-safe."""
 
-    def __init__(self, *, warm: bool = True) -> None:
+    def __init__(self, *, warm: bool = True, breakers: CircuitBreakers | None = None) -> None:
         self.warm = warm
+        self.breakers = breakers
         self.routes: Generations[tuple[str, str, MetadataKey], Route] = Generations(MAX_ROUTES)
         self.choices: dict[str, Generations[tuple[str, str, MetadataKey], Choice]] = {
             policy: Generations(MAX_RINGS if policy == RING_HASH else MAX_CHOICES)
@@ -192,9 +202,15 @@ class Selector:
         """The picker of ``policy`` (a valid one) over the candidates; None if none."""
         memo = self.choices[policy]
         key = (namespace, service, wanted)
+        breakers = self.breakers
+        generation = 0 if breakers is None else breakers.generation(namespace, service)
         choice = memo.young.get(key)
-        if choice is None or choice.snapshot is not entry.snapshot:
-            choice = self._choice(memo, key, entry.snapshot, policy)
+        if (
+            choice is None
+            or choice.snapshot is not entry.snapshot
+            or choice.generation != generation
+        ):
+            choice = self._choice(memo, key, entry.snapshot, policy, generation)
         return choice.picker
 
     def route(self, entry: Entry, namespace: str, service: str, wanted: MetadataKey) -> Route:
@@ -211,17 +227,20 @@ class Selector:
         """The ``get_instances`` answer: the candidates as a snapshot of the entry's
         confirmation; the entry's own ``current`` when nothing was filtered out."""
         routed = self.route(entry, namespace, service, wanted)
+        breakers = self.breakers
+        generation = 0 if breakers is None else breakers.generation(namespace, service)
         view = routed.view
-        if view is not None and view[0] is entry:
-            return view[1]
+        if view is not None and view[0] is entry and view[1] == generation:
+            return view[2]
+        instances = routed.instances
+        if breakers is not None:
+            instances = breakers.admit(namespace, service, instances)[0]
         current = entry.current
-        if routed.instances is current.instances and routed.fallback == current.fallback:
+        if instances is current.instances and routed.fallback == current.fallback:
             answer = current
         else:
-            answer = dataclasses.replace(
-                current, instances=routed.instances, fallback=routed.fallback
-            )
-        routed.view = (entry, answer)
+            answer = dataclasses.replace(current, instances=instances, fallback=routed.fallback)
+        routed.view = (entry, generation, answer)
         return answer
 
     def counter(self, namespace: str, service: str, wanted: MetadataKey) -> Iterator[int]:
@@ -254,7 +273,12 @@ class Selector:
                     if kind == _ROUTE_KIND:
                         self._route(memo_key, new)
                     else:
-                        self._choice(self.choices[kind], memo_key, new, kind)
+                        generation = (
+                            0
+                            if self.breakers is None
+                            else self.breakers.generation(key.namespace, key.service)
+                        )
+                        self._choice(self.choices[kind], memo_key, new, kind, generation)
                 except Exception:
                     # It fails again for the caller that needs it, who sees why.
                     continue
@@ -277,9 +301,10 @@ class Selector:
         key: tuple[str, str, MetadataKey],
         snapshot: ServiceInstances,
         policy: str,
+        generation: int = 0,
     ) -> Choice:
         found = memo.get(key)
-        if found is not None and found.snapshot is snapshot:
+        if found is not None and found.snapshot is snapshot and found.generation == generation:
             return found
         routed = self.routes.get(key)
         if routed is None or routed.snapshot is not snapshot:
@@ -288,12 +313,38 @@ class Selector:
         picker: Picker | None
         if not instances:
             picker = None
-        elif policy == ROUND_ROBIN:
-            picker = RoundRobinPicker(instances, self.counter(*key))
+        elif self.breakers is None:
+            picker = self._picker(policy, key, instances)
         else:
-            picker = build_picker(policy, instances)
+            picker = self._admitted(policy, key, instances, self.breakers)
         self._built(policy, key)
-        return memo.put(key, Choice(snapshot, picker), keep=lambda c: c.snapshot is snapshot)
+        return memo.put(
+            key,
+            Choice(snapshot, picker, generation),
+            keep=lambda c: c.snapshot is snapshot and c.generation == generation,
+        )
+
+    def _picker(
+        self, policy: str, key: tuple[str, str, MetadataKey], instances: tuple[Instance, ...]
+    ) -> Picker:
+        if policy == ROUND_ROBIN:
+            return RoundRobinPicker(instances, self.counter(*key))
+        return build_picker(policy, instances)
+
+    def _admitted(
+        self,
+        policy: str,
+        key: tuple[str, str, MetadataKey],
+        instances: tuple[Instance, ...],
+        breakers: CircuitBreakers,
+    ) -> Picker:
+        """The picker over the candidates the breakers leave."""
+        kept, guarded, safe = breakers.admit(key[0], key[1], instances)
+        picker = self._picker(policy, key, kept)
+        if guarded is None:
+            return picker
+        fallback = self._picker(policy, key, safe) if safe else None
+        return GuardedPicker(picker, fallback, guarded, breakers.clock)
 
     def _built(self, kind: str, key: tuple[str, str, MetadataKey]) -> None:
         namespace, service, wanted = key

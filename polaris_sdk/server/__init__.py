@@ -54,12 +54,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import logging
 import os
 import socket
 import ssl
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final
@@ -72,11 +73,16 @@ from polaris_sdk.server.apiserver.admin import AdminApi
 from polaris_sdk.server.apiserver.grpc import GrpcApiServer, format_address
 from polaris_sdk.server.apiserver.http import HttpApiServer, HttpOptions
 from polaris_sdk.server.auth import AuthFilter, Authorizer, TokenAuthorizer, Tokens
+from polaris_sdk.server.cbrules import RULES_PATH as CB_RULES_PATH
+from polaris_sdk.server.cbrules import CircuitBreakerRules
+from polaris_sdk.server.cbrules import handle as handle_cb_rules
 from polaris_sdk.server.healthcheck import DEFAULT_CHECK_INTERVAL, HealthChecker
 from polaris_sdk.server.metrics import MeteredAuthFilter, ServerMetrics
 from polaris_sdk.server.naming import SYSTEM_NAMESPACE, NamingService, ServerFaults
 from polaris_sdk.server.store import MemoryStore, SqliteStore, Store
 from polaris_sdk.server.store.sqlite import DB_FILENAME
+
+CB_RULES_FILENAME: Final = "circuitbreaker.db"
 
 __all__ = ["DEFAULT_SYSTEM_SERVICES", "SYSTEM_SERVICES", "PolarisServer"]
 
@@ -214,12 +220,21 @@ class PolarisServer:
         if data_dir is not None and store is None:
             store = self._sqlite = SqliteStore(os.path.join(data_dir, DB_FILENAME))
         self.naming = NamingService(store or MemoryStore(), health_check=health_check)
+        self.circuit_breaker_rules = CircuitBreakerRules(
+            None if data_dir is None else os.path.join(data_dir, CB_RULES_FILENAME)
+        )
+        self.naming.circuit_breaker_rules = self.circuit_breaker_rules
         if tokens:
             auth = TokenAuthorizer(tokens)
         self.metrics = ServerMetrics(self.naming.store)
         self._api = MeteredAuthFilter(self.naming, auth, self.metrics, "grpc")
         self._http_api = MeteredAuthFilter(self.naming, auth, self.metrics, "http")
-        self._admin = AdminApi(AuthFilter(self.naming, auth), self.metrics, lambda: self.running)
+        self._admin = AdminApi(
+            AuthFilter(self.naming, auth),
+            self.metrics,
+            lambda: self.running,
+            rules=self.circuit_breaker_rules,
+        )
         self._checker = HealthChecker(
             self.naming.store,
             self.naming.heartbeats,
@@ -230,6 +245,31 @@ class PolarisServer:
         )
         self._lock = threading.Lock()
         self._running: _Running | None = None
+
+    # ---------------------------------------------------- circuit breaking
+
+    def admin(
+        self,
+        method: str,
+        path: str,
+        query: str = "",
+        headers: Mapping[str, str] | None = None,
+        body: bytes = b"",
+    ) -> tuple[int, dict[str, str], bytes] | None:
+        """Serve one admin-API request without a transport: ``(status, headers, body)``,
+        or None for a path the admin API does not have. Today: the circuit-breaker
+        rule routes (:mod:`polaris_sdk.server.cbrules`)."""
+        return handle_cb_rules(self.circuit_breaker_rules, method, path, query, headers or {}, body)
+
+    def put_circuit_breaker_rules(self, *rules: Mapping[str, Any]) -> list[str]:
+        """Create rules given as the admin API's JSON (dicts); their ids.
+        ValueError naming the code when one is refused."""
+        answer = self.admin("POST", CB_RULES_PATH, body=json.dumps(list(rules)).encode())
+        assert answer is not None
+        payload = json.loads(answer[2])
+        if payload["code"] != 200000:
+            raise ValueError(f"circuit breaker rules refused: {payload}")
+        return [item["data"]["id"] for item in payload["responses"]]
 
     # ------------------------------------------------------------ addresses
 

@@ -92,6 +92,7 @@ NO_RULES_REVISION: Final = hashlib.sha1(b"").hexdigest()
 _RULE_TYPES: Final = frozenset(
     _REQ[name].number for name in ("ROUTING", "RATE_LIMIT", "CIRCUIT_BREAKER", "FAULT_DETECTOR")
 )
+_CIRCUIT_BREAKER: Final = _REQ["CIRCUIT_BREAKER"].number
 
 
 def code_info(code: int) -> str:
@@ -387,6 +388,10 @@ class ServerFaults:
 
 class NamingService:
     """Registration, heartbeat and discovery over a store plugin; see the module doc."""
+
+    circuit_breaker_rules: Any = None
+    """A :class:`~polaris_sdk.server.cbrules.CircuitBreakerRules` answering Discover
+    CIRCUIT_BREAKER (set by PolarisServer); None answers with no rules."""
 
     def __init__(
         self,
@@ -743,6 +748,9 @@ class NamingService:
             return discover_response(wire.Code.InvalidServiceName, kind, _echo_service(asked))
         if not asked.namespace.value:
             return discover_response(wire.Code.InvalidNamespaceName, kind, _echo_service(asked))
+        rules = self.circuit_breaker_rules
+        if kind == _CIRCUIT_BREAKER and rules is not None:
+            return rules.discover(asked.namespace.value, asked.name.value, asked.revision.value)
         if kind != _ROUTING:
             return discover_response(wire.Code.ExecuteSuccess, kind, echo)
         # No rules here, but a real server still answers ROUTING with an empty

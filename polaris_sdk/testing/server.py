@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from polaris_sdk._closing import Closing
@@ -192,10 +193,16 @@ class PolarisTestServer(Closing):
         return self.server.drop_discover_streams()
 
     def reset(self) -> None:
-        """The state a test starts from: running, no fault, no registration."""
+        """The state a test starts from: running, no fault, no registration, no rule."""
         self.faults.reset()
         self.server.start()
         self.server.clear()
+        self.server.circuit_breaker_rules.clear()
+
+    def put_circuit_breaker_rules(self, *rules: Mapping[str, Any]) -> list[str]:
+        """Create circuit-breaker rules (the admin API's JSON, as dicts); their ids.
+        Consumers see them at their next rule refresh."""
+        return self.server.put_circuit_breaker_rules(*rules)
 
     # --------------------------------------------------------------- looking
 

@@ -45,12 +45,15 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
+from urllib.parse import urlencode
 
 from polaris_sdk import wire
 from polaris_sdk.server import console, operate
 from polaris_sdk.server.apiserver.http import http_status
 from polaris_sdk.server.apiserver.jsonpb import ParseFailure, decode_request, encode_response
 from polaris_sdk.server.auth import Action, AuthFilter, Resource
+from polaris_sdk.server.cbrules import RULES_PATH, CircuitBreakerRules
+from polaris_sdk.server.cbrules import handle as handle_rules
 from polaris_sdk.server.metrics import METRICS_MISSING, ServerMetrics
 from polaris_sdk.server.naming import RequestContext, code_info
 
@@ -67,6 +70,9 @@ NAMESPACES: Final = "/naming/v1/namespaces"
 SERVICES: Final = "/naming/v1/services"
 INSTANCES: Final = "/naming/v1/instances"
 INSTANCES_DELETE: Final = "/naming/v1/instances/delete"
+
+RULE_PATHS: Final = frozenset({RULES_PATH, RULES_PATH + "/delete", RULES_PATH + "/enable"})
+"""The circuit-breaker rule routes, served when the server keeps rules."""
 
 ADMIN_PATHS: Final[dict[str, frozenset[str]]] = {
     "GET": frozenset({"/", "/healthz", "/metrics", NAMESPACES, SERVICES, INSTANCES}),
@@ -108,17 +114,21 @@ class AdminApi:
         api: AuthFilter,
         metrics: ServerMetrics | None = None,
         serving: Callable[[], bool] = lambda: True,
+        rules: CircuitBreakerRules | None = None,
     ) -> None:
         self._api = api
         self._naming = api.naming
         self._metrics = metrics
         self._serving = serving
+        self._rules = rules
 
     # ------------------------------------------------------------ entry
 
     def accepts(self, method: str, path: str) -> bool:
         """Whether :meth:`handle` answers ``method path`` (read a body only then)."""
         if path in ADMIN_PATHS.get(method, ()):
+            return True
+        if self._rules is not None and path.rstrip("/") in RULE_PATHS:
             return True
         return method == "GET" and console.is_console_path(path)
 
@@ -143,7 +153,10 @@ class AdminApi:
             client_address=client,
         )
         try:
-            answer = self._route(method, path, query, lowered, body, ctx)
+            if path.rstrip("/") in RULE_PATHS:
+                answer = self._rule_route(method, path, query, body, ctx)
+            else:
+                answer = self._route(method, path, query, lowered, body, ctx)
         except Exception:
             log.exception("%s %s failed", method, path)
             answer = self._message(operate.batch_query_response(wire.Code.ExecuteException), ctx)
@@ -151,6 +164,34 @@ class AdminApi:
             code = next((int(v) for k, v in answer.headers if k == "X-Polaris-Code"), 200000)
             self._metrics.count(f"{method}:{path}", "http", code)
         return answer
+
+    def _rule_route(
+        self, method: str, path: str, query: Mapping[str, str], body: bytes, ctx: RequestContext
+    ) -> AdminAnswer:
+        """The circuit-breaker rule routes (:mod:`polaris_sdk.server.cbrules`); writes are
+        authorised for the namespace each rule names, like the other writes."""
+        assert self._rules is not None
+        if method != "GET":
+            try:
+                items = json.loads(body or b"[]")
+            except ValueError:
+                items = []
+            namespaces = (
+                {str(item.get("namespace", "")) for item in items if isinstance(item, dict)}
+                if isinstance(items, list)
+                else set()
+            )
+            for namespace in sorted(namespaces) or [""]:
+                code = self._api.check(
+                    ctx, Resource(Action.UPDATE, namespace=namespace, token=ctx.token)
+                )
+                if code is not None:
+                    return self._message(operate.batch_write_response(code), ctx)
+        answer = handle_rules(self._rules, method, path, urlencode(query), {}, body)
+        if answer is None:
+            return _plain(404, f"no API at {path}")
+        status, headers, payload = answer
+        return AdminAnswer(status, tuple(headers.items()), payload)
 
     def _route(
         self,
