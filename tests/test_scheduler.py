@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from polaris_sdk import ClosedError
-from polaris_sdk.scheduler import Scheduler
+from polaris_sdk.scheduler import SLOT, Scheduler
 from tests.support import FakeClock, wait_until
 
 
@@ -65,6 +65,36 @@ def test_timers_follow_an_injected_clock(no_thread_leak: None) -> None:
         assert ran == ["soon"]  # not due yet at 599.9 s
         clock.advance(0.1)
         wait_until(lambda: ran == ["soon", "later"])
+    finally:
+        s.close()
+
+
+def test_slotted_tasks_run_at_their_slot_in_turn_on_one_worker(no_thread_leak: None) -> None:
+    clock = FakeClock()
+    s = Scheduler(workers=4, clock=clock)
+    clock.wakes(s.wake)
+    ran: list[tuple[str, threading.Thread]] = []
+
+    def note(name: str) -> None:
+        ran.append((name, threading.current_thread()))
+
+    try:
+        start = clock() - clock() % SLOT + 60  # a slot boundary a minute ahead
+        for name, offset in (("b", 0.012), ("a", 0.004), ("c", 0.019)):
+            s.call_in_slot(start + offset, note, name)
+        s.call_in_slot(start + SLOT + 0.001, note, "next slot")
+        marker = threading.Event()
+        s.call_at(clock(), marker.set)
+        assert marker.wait(5)
+        assert ran == []
+
+        clock.advance(start - clock())  # the slot's start: up to one slot early
+
+        wait_until(lambda: len(ran) == 3)
+        assert [name for name, _ in ran] == ["b", "a", "c"]  # in the order scheduled
+        assert len({thread for _, thread in ran}) == 1
+        clock.advance(SLOT)
+        wait_until(lambda: len(ran) == 4)
     finally:
         s.close()
 

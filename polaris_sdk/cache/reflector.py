@@ -60,7 +60,9 @@ class Cancellable(Protocol):
 class Scheduler(Protocol):
     """The part of the context's scheduler the reflector uses."""
 
-    def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> Cancellable: ...
+    def call_later_in_slot(
+        self, delay: float, fn: Callable[..., Any], *args: Any
+    ) -> Cancellable: ...
 
 
 class ReflectorSink(Protocol):
@@ -262,7 +264,7 @@ class Reflector(ReflectorDriver):
             if self._stopped:
                 return
             try:
-                self._handle = self._scheduler.call_later(delay, self._tick)
+                self._handle = self._scheduler.call_later_in_slot(delay, self._tick)
             except ClosedError:
                 # The context is closing; the cache's close() follows.
                 self._stopped = True

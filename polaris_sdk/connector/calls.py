@@ -25,12 +25,14 @@ move one request and its answer.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import itertools
 import os
 import secrets
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 from polaris_sdk import wire
 from polaris_sdk.errors import error_for_code
@@ -82,6 +84,8 @@ _SDK_CLIENT_TYPE: Final = (
     wire.POOL.FindEnumTypeByName("v1.Client.ClientType").values_by_name["SDK"].number
 )
 _INSTANCE_DISCOVER: Final = wire.DISCOVER_REQUEST_TYPE.values_by_name["INSTANCE"].number
+_BUILT_CALLS: Final = 8192
+K = TypeVar("K", bound=Hashable)
 
 
 _request_prefix = ""
@@ -165,9 +169,40 @@ def deregister(req: InstanceDeregisterRequest) -> Call:
     return Call("DeregisterInstance", instance_key_to_wire(req))
 
 
+class _Built(Generic[K]):
+    """Calls built once and reused while asked for again (bounded, oldest dropped first).
+
+    A :class:`Call` and its message are never changed after they are built,
+    so one may be sent by any number of threads at once. Thread-safe: a race
+    at worst builds a call twice.
+    """
+
+    __slots__ = ("_calls", "_size")
+
+    def __init__(self, size: int = _BUILT_CALLS) -> None:
+        self._size = size
+        self._calls: dict[K, Call] = {}
+
+    def get(self, key: K, build: Callable[[], Call]) -> Call:
+        call = self._calls.get(key)
+        if call is None:
+            call = self._calls[key] = build()
+            if len(self._calls) > self._size:
+                with contextlib.suppress(StopIteration, KeyError, RuntimeError):
+                    del self._calls[next(iter(self._calls))]
+        return call
+
+
+_heartbeats: _Built[InstanceHeartbeatRequest] = _Built()
+_discovers: _Built[tuple[ServiceKey, str]] = _Built()
+
+
 def heartbeat(req: InstanceHeartbeatRequest) -> Call:
-    """Heartbeat; ResourceNotFoundError when the server no longer knows the instance."""
-    return Call("Heartbeat", instance_key_to_wire(req))
+    """Heartbeat; ResourceNotFoundError when the server no longer knows the instance.
+
+    Built once per request and reused: a registration beats with the same one.
+    """
+    return _heartbeats.get(req, lambda: Call("Heartbeat", instance_key_to_wire(req)))
 
 
 def report_client(host: str, version: str = "") -> Call:
@@ -177,7 +212,15 @@ def report_client(host: str, version: str = "") -> Call:
 
 
 def discover(key: ServiceKey, revision: str = "") -> Call:
-    """Discover INSTANCE of ``key``; 200001 when ``revision`` is still current."""
+    """Discover INSTANCE of ``key``; 200001 when ``revision`` is still current.
+
+    Built once per (service, revision) and reused: an idle service's every
+    revision check sends the same call.
+    """
+    return _discovers.get((key, revision), lambda: _discover(key, revision))
+
+
+def _discover(key: ServiceKey, revision: str) -> Call:
     request = wire.DiscoverRequest(
         type=_INSTANCE_DISCOVER,
         service=wire.Service(

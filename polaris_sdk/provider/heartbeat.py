@@ -97,7 +97,7 @@ class HeartbeatDriver:
             if reg.stopped:
                 return
             try:
-                reg.handle = self._scheduler.call_at(step.at, self._tick, reg, step)
+                reg.handle = self._scheduler.call_in_slot(step.at, self._tick, reg, step)
             except ClosedError:
                 reg.handle = None
             except Exception:

@@ -411,7 +411,10 @@ class NamingService:
         self._clients_lock = threading.Lock()
         # Last built INSTANCE answer per service, reused while the revision holds:
         # many clients polling one service then share one message.
+        # Likewise the DataNoChange answer to a client that has the revision.
+        # Both are shared: nobody may change an answer after it is built.
         self._answers: dict[tuple[str, str], tuple[str, Any]] = {}
+        self._unchanged: dict[tuple[str, str], tuple[str, Any]] = {}
         self._answers_lock = threading.Lock()
         self.ensure_namespaces()
 
@@ -432,6 +435,7 @@ class NamingService:
             self._clients.clear()
         with self._answers_lock:
             self._answers.clear()
+            self._unchanged.clear()
         self.ensure_namespaces()
 
     # --------------------------------------------------------- registration
@@ -680,23 +684,42 @@ class NamingService:
         if view is None:
             echo = _echo_service(asked, namespace)
             return discover_response(wire.Code.NotFoundResource, _INSTANCE, echo)
+        key = (namespace, asked.name.value)
         if asked.revision.value == view.revision:
-            echo = wire.Service(
-                name=asked.name, namespace=_str(namespace), revision=_str(view.revision)
-            )
-            return discover_response(wire.Code.DataNoChange, _INSTANCE, echo)
+            return self._cached_answer(self._unchanged, key, view, self._unchanged_answer)
         if only_healthy:
             # Health alone, as a real server filters: a healthy isolated instance stays.
             return self._instances_answer(view, lambda r: r.healthy)
-        key = (namespace, asked.name.value)
+        return self._cached_answer(self._answers, key, view, self._full_answer)
+
+    def _cached_answer(
+        self,
+        cache: dict[tuple[str, str], tuple[str, Any]],
+        key: tuple[str, str],
+        view: ServiceInstancesView,
+        build: Callable[[ServiceInstancesView], Any],
+    ) -> Any:
+        """The answer kept in ``cache`` for ``key`` while the view's revision holds."""
         with self._answers_lock:
-            cached = self._answers.get(key)
+            cached = cache.get(key)
         if cached is not None and cached[0] == view.revision:
             return cached[1]
-        answer = self._instances_answer(view, None)
+        answer = build(view)
         with self._answers_lock:
-            self._answers[key] = (view.revision, answer)
+            cache[key] = (view.revision, answer)
         return answer
+
+    @staticmethod
+    def _unchanged_answer(view: ServiceInstancesView) -> Any:
+        service = view.service
+        echo = wire.Service(
+            name=_str(service.name), namespace=_str(service.namespace), revision=_str(view.revision)
+        )
+        return discover_response(wire.Code.DataNoChange, _INSTANCE, echo)
+
+    @classmethod
+    def _full_answer(cls, view: ServiceInstancesView) -> Any:
+        return cls._instances_answer(view, None)
 
     @staticmethod
     def _instances_answer(

@@ -219,7 +219,7 @@ def test_a_closed_scheduler_ends_the_loop() -> None:
     def closed(*args: object) -> None:
         raise ClosedError("closed")
 
-    scheduler.call_later = closed  # type: ignore[method-assign, assignment]
+    scheduler.call_later_in_slot = closed  # type: ignore[method-assign, assignment]
     reflector.run_once()
     reflector.start()
     assert reflector.stopped
@@ -294,7 +294,7 @@ def test_a_scheduler_that_refuses_the_next_round_is_reported(
     def broken(*args: object) -> None:
         raise RuntimeError("timer heap broke")
 
-    scheduler.call_later = broken  # type: ignore[method-assign, assignment]
+    scheduler.call_later_in_slot = broken  # type: ignore[method-assign, assignment]
     reflector.run_once()
     with caplog.at_level(logging.ERROR, logger="polaris_sdk.cache.reflector"):
         reflector.start()

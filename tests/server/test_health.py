@@ -83,19 +83,20 @@ def test_beats_resuming_make_it_healthy_again(stub: Stub) -> None:
 def test_a_failing_check_is_logged_and_the_checker_goes_on(
     server: PolarisServer, stub: Stub, mocker: MockerFixture, caplog: pytest.LogCaptureFixture
 ) -> None:
+    stub.RegisterInstance(instance(ttl=1), timeout=CALL_TIMEOUT)
+    # From here only the checker reads instances: when it expires, or sooner.
     store = server.naming.store
-    real = store.health_checked_instances
+    real = store.get_instance
     calls = 0
 
-    def flaky() -> Any:
+    def flaky(instance_id: str) -> Any:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise RuntimeError("disk on fire")
-        return real()
+        return real(instance_id)
 
-    mocker.patch.object(store, "health_checked_instances", side_effect=flaky)
-    stub.RegisterInstance(instance(ttl=1), timeout=CALL_TIMEOUT)
+    mocker.patch.object(store, "get_instance", side_effect=flaky)
 
     wait_until(lambda: health_of(stub, "10.0.0.1").healthy.value is False, timeout=DEADLINE)
 

@@ -97,13 +97,15 @@ UnaryCall = Callable[[Any, RequestContext], Any]
 
 
 class _Stream:
-    """An open Discover stream: asked to end by drop_streams(), and its pending read."""
+    """An open Discover stream: asked to end by drop_streams(), its task, and whether it
+    is waiting for the next request (only then may drop_streams() cancel it)."""
 
-    __slots__ = ("dropped", "read")
+    __slots__ = ("dropped", "reading", "task")
 
-    def __init__(self) -> None:
+    def __init__(self, task: asyncio.Task[Any] | None) -> None:
         self.dropped = False
-        self.read: asyncio.Future[Any] | None = None
+        self.reading = False
+        self.task = task
 
 
 class GrpcApiServer:
@@ -217,25 +219,25 @@ class GrpcApiServer:
             yield answer
 
     async def _discover(self, requests: AsyncIterator[Any], context: Any) -> None:
-        stream = _Stream()
+        task = asyncio.current_task()
+        stream = _Stream(task)
         self._streams.add(stream)
         ctx = request_context(context)
         try:
             while not stream.dropped:
-                # The read is its own task so that drop_streams() can interrupt the
-                # wait for the next request without interrupting a write.
-                stream.read = asyncio.ensure_future(context.read())
+                # Read in this task (no task per message): drop_streams() cancels
+                # it only while it waits here, never during a write.
+                stream.reading = True
                 try:
-                    request = await stream.read
+                    request = await context.read()
                 except asyncio.CancelledError:
-                    task = asyncio.current_task()
-                    # Only our own cancel of the read means "dropped"; a cancel of
-                    # the handler (the client went away) must propagate.
-                    if not stream.dropped or (task is not None and task.cancelling()):
+                    # Only our own cancel means "dropped"; a cancel of the handler
+                    # (the client went away) must propagate.
+                    if not stream.dropped or task is None or task.uncancel() > 0:
                         raise
                     break
                 finally:
-                    stream.read = None
+                    stream.reading = False
                 if request is grpc.aio.EOF:
                     return
                 await context.write(self._discover_one(request, ctx))
@@ -251,9 +253,9 @@ class GrpcApiServer:
         """
         streams = list(self._streams)
         for stream in streams:
+            if not stream.dropped and stream.reading and stream.task is not None:
+                stream.task.cancel()
             stream.dropped = True
-            if stream.read is not None:
-                stream.read.cancel()
         if streams:
             log.info("dropping %d Discover stream(s)", len(streams))
         return len(streams)
