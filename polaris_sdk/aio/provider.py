@@ -101,6 +101,17 @@ class AsyncRegisterFlow:
         self._none_registering = asyncio.Event()
         self._none_registering.set()
 
+    def _reset_after_fork(self) -> None:
+        """In a forked child: none of the parent's registrations or listeners."""
+        closed = self._registry.closed
+        self._registry = Registry()
+        if closed:
+            self._registry.close()
+        self._id_locks = KeyedLocks(asyncio.Lock)
+        self._listeners = []
+        self._none_registering = asyncio.Event()
+        self._none_registering.set()
+
     @property
     def closed(self) -> bool:
         return self._registry.closed

@@ -39,6 +39,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
+from polaris_sdk import _fork
 from polaris_sdk._closing import Closing
 from polaris_sdk._requests import coerce_request
 from polaris_sdk.config import Configuration
@@ -89,6 +90,12 @@ class ProviderAPI(Closing):
         self._lock = threading.Lock()
         self._closed = False
         self._exit = ExitHandler(self.close, self._close_bound)
+        _fork.track(self)
+
+    def _reset_after_fork(self) -> None:
+        self._lock = threading.Lock()
+        if self._on_status is not None and not self._closed:
+            self._flow.add_listener(self._filter_status)
 
     @classmethod
     def create(

@@ -114,6 +114,22 @@ class RegisterFlow:
         self._dispatcher = Dispatcher(STATUS_THREAD, max_workers=_STATUS_WORKERS)
         self._driver = HeartbeatDriver(connector, scheduler, config.api.timeout, self._notify)
 
+    def _reset_after_fork(self) -> None:
+        """In a forked child: none of the parent's registrations or listeners, new locks.
+
+        The child never heartbeats, re-registers or deregisters what the
+        parent registered (see :mod:`polaris_sdk._fork`).
+        """
+        closed = self._registry.closed
+        self._lock = threading.Lock()
+        self._registry = Registry()
+        if closed:
+            self._registry.close()
+        self._id_locks = KeyedLocks(threading.Lock)
+        self._registered_all = threading.Condition(self._lock)
+        self._listeners = []
+        self._dispatcher = Dispatcher(STATUS_THREAD, max_workers=_STATUS_WORKERS)
+
     # -------------------------------------------------------------- public
 
     @property
