@@ -79,6 +79,7 @@ class ExitHandler:
         require_main_thread()
         atexit.register(self._close)
         if self._thread is None:
+            self._thread_done = False
             read_fd, self._fd = os.pipe()
             os.set_blocking(self._fd, False)  # the handler must never block on it
             self._thread = threading.Thread(
