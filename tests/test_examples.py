@@ -45,7 +45,12 @@ EXPECTED: dict[str, list[str]] = {
 }
 
 # Examples that run until interrupted are driven (with a signal) by their own test.
-RUN_ELSEWHERE: dict[str, str] = {"provider.py": "tests/provider/test_exit.py"}
+RUN_ELSEWHERE: dict[str, str] = {
+    "provider.py": "tests/provider/test_exit.py",
+    "fastapi_provider.py": "tests/test_deploy.py",
+    "flask_provider.py": "tests/test_deploy.py",
+    "greeter_consumer.py": "tests/test_deploy.py",
+}
 
 
 def test_examples_exist() -> None:
