@@ -17,10 +17,10 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.parametrize("front", ["sync", "async"])
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_forked_child_starts_clean(
-    polaris_server: PolarisTestServer, protocol: str, front: str
+    own_server: PolarisTestServer, protocol: str, front: str
 ) -> None:
     service = f"fork-{protocol}-{front}"
-    address = polaris_server.addresses(protocol)[0]
+    address = own_server.addresses(protocol)[0]
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.procs.fork_child", address, protocol, front, service],
         cwd=ROOT,
@@ -41,25 +41,25 @@ def test_forked_child_starts_clean(
         assert ready["first_call"] < 3.0
         # ...and never heartbeats the parent's instance: with the parent gone
         # quiet it turns unhealthy, while the child's own stays healthy.
-        unhealthy = polaris_server.wait_for_instances(service, 1, healthy=False, timeout=15)
+        unhealthy = own_server.wait_for_instances(service, 1, healthy=False, timeout=15)
         assert unhealthy[0].port == 7001
-        assert [i.port for i in polaris_server.instances(service) if i.healthy] == [7002]
+        assert [i.port for i in own_server.instances(service) if i.healthy] == [7002]
         proc.stdin.write("go\n")
         proc.stdin.flush()
         closed = json.loads(proc.stdout.readline() or "{}")
         assert closed.get("closed", 99) < 3.0
         assert proc.wait(timeout=10) == 0
         # The child's close deregistered its own instance, not the parent's.
-        assert [i.port for i in polaris_server.instances(service)] == [7001]
+        assert [i.port for i in own_server.instances(service)] == [7001]
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
 
 
-def test_child_of_a_grpc_aio_parent_fails_clearly(polaris_server: PolarisTestServer) -> None:
+def test_child_of_a_grpc_aio_parent_fails_clearly(own_server: PolarisTestServer) -> None:
     # grpcio crashes a child whose parent used grpc.aio: the SDK refuses instead.
-    args = [polaris_server.grpc_address, "grpc", "aio-used", "fork-aio-used"]
+    args = [own_server.grpc_address, "grpc", "aio-used", "fork-aio-used"]
     out = subprocess.run(
         [sys.executable, "-m", "tests.procs.fork_child", *args],
         cwd=ROOT,
@@ -67,4 +67,6 @@ def test_child_of_a_grpc_aio_parent_fails_clearly(polaris_server: PolarisTestSer
         text=True,
         timeout=30,
     )
-    assert json.loads(out.stdout.splitlines()[0]) == {"error": "ConfigError"}, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines, f"no answer from the child (exit {out.returncode}): {out.stderr}"
+    assert json.loads(lines[0]) == {"error": "ConfigError"}, out.stderr

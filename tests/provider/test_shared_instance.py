@@ -55,33 +55,33 @@ class Workers:
 
 @pytest.fixture
 def workers(
-    polaris_server: PolarisTestServer, tmp_path: Path, request: pytest.FixtureRequest
+    own_server: PolarisTestServer, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[Workers]:
-    w = Workers(polaris_server, request.node.name.replace("_", "-"), tmp_path)
+    w = Workers(own_server, request.node.name.replace("_", "-"), tmp_path)
     yield w
     w.close()
 
 
 def test_worker_stop_keeps_the_instance_until_the_last(
-    polaris_server: PolarisTestServer, workers: Workers
+    own_server: PolarisTestServer, workers: Workers
 ) -> None:
     name = "test-worker-stop-keeps-the-instance-until-the-last"
-    assert len(polaris_server.instances(name)) == 1
+    assert len(own_server.instances(name)) == 1
     workers.stop(workers.pids[0])
     # The first worker's close saw the other holder and left the instance alone.
-    assert [i.port for i in polaris_server.instances(name)] == [7100]
+    assert [i.port for i in own_server.instances(name)] == [7100]
     workers.stop(workers.pids[1])
-    assert polaris_server.instances(name) == []
+    assert own_server.instances(name) == []
 
 
 def test_a_killed_worker_does_not_hold_the_instance(
-    polaris_server: PolarisTestServer, workers: Workers
+    own_server: PolarisTestServer, workers: Workers
 ) -> None:
     name = "test-a-killed-worker-does-not-hold-the-instance"
     workers.stop(workers.pids[0], signal.SIGKILL)
-    assert len(polaris_server.instances(name)) == 1
+    assert len(own_server.instances(name)) == 1
     workers.stop(workers.pids[1])
-    assert polaris_server.instances(name) == []
+    assert own_server.instances(name) == []
 
 
 def test_leases_count_live_holders(tmp_path: Path) -> None:
