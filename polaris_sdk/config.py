@@ -282,12 +282,23 @@ class ProviderConfig:
     """Cap of the re-register backoff ``min(ttl * 2^(n-1) + jitter, cap)``."""
     deregister_on_close: bool = True
     """``close()`` deregisters what ``register_instance`` registered."""
+    share_instances: bool = True
+    """Processes of one host registering the same instance share it: each holds a
+    lease on it (:mod:`polaris_sdk.provider.lease`) and ``close()`` deregisters it
+    only in the last one."""
+    lease_dir: str = ""
+    """Where the lease files live; empty: ``$XDG_RUNTIME_DIR/polaris_sdk``, else
+    ``polaris_sdk-<uid>`` in the temporary directory."""
 
     def __post_init__(self) -> None:
         _count("provider.heartbeatTtl", self.heartbeat_ttl, 1, MAX_TTL)
         _positive("provider.reregisterMaxBackoff", self.reregister_max_backoff)
-        if not isinstance(self.deregister_on_close, bool):
-            raise ConfigError("provider.deregisterOnClose", "expected true or false")
+        for key, value in (
+            ("provider.deregisterOnClose", self.deregister_on_close),
+            ("provider.shareInstances", self.share_instances),
+        ):
+            if not isinstance(value, bool):
+                raise ConfigError(key, "expected true or false")
 
 
 @dataclass(frozen=True, slots=True)
@@ -489,6 +500,10 @@ KEYS: Final[Mapping[str, _Key]] = {
     "provider.deregisterOnClose": _Key(
         "provider", "deregister_on_close", _as_bool, "POLARIS_DEREGISTER_ON_CLOSE"
     ),
+    "provider.shareInstances": _Key(
+        "provider", "share_instances", _as_bool, "POLARIS_SHARE_INSTANCES"
+    ),
+    "provider.leaseDir": _Key("provider", "lease_dir", _as_str, "POLARIS_LEASE_DIR"),
 }
 """Every ``polaris.yaml`` key: the section and field it sets and its environment variable."""
 

@@ -18,6 +18,9 @@ Contract:
   behind. After ``close()`` starts, ``component()`` raises
   :class:`~polaris_sdk.errors.ClosedError`.
 * Also a context manager.
+* Fork-safe: in a process forked from the one that made it, the context
+  works again on first use with new channels, connection pool, scheduler
+  and caches, and none of the parent's registrations (:mod:`polaris_sdk._fork`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
+from polaris_sdk import _fork
 from polaris_sdk._closing import Closing
 from polaris_sdk.config import Configuration, load_config
 from polaris_sdk.connector import (
@@ -77,6 +81,20 @@ class SDKContext(Closing):
         self._lock = threading.RLock()
         self._components: dict[str, Any] = {}
         self._closed = False
+        _fork.track(self)
+
+    def _reset_after_fork(self) -> None:
+        """In a forked child: new locks and listener threads; components reset in place.
+
+        The scheduler, the transport and the connection state reset
+        themselves (:mod:`polaris_sdk._fork`).
+        """
+        self._lock = threading.RLock()
+        self._notices = Dispatcher(CONNECTION_THREAD, max_workers=2)
+        for component in self._components.values():
+            reset: Callable[[], None] | None = getattr(component, "_reset_after_fork", None)
+            if reset is not None:
+                reset()
 
     @classmethod
     def create(

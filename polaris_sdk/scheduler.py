@@ -32,6 +32,9 @@ Contract:
   :meth:`Scheduler.wake` after each jump so the timer reads it again; a real
   clock needs nothing. ``close(timeout)`` waits in real time whatever the clock.
 * All methods are thread-safe, including from inside a task.
+* In a process forked from the owner's, the scheduler starts empty: the
+  parent's timers are dropped (they belong to the parent's registrations
+  and caches) and threads are started again on first use.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Final
 
+from polaris_sdk import _fork
 from polaris_sdk.errors import ClosedError
 
 __all__ = ["Scheduler", "TimerHandle"]
@@ -119,6 +123,23 @@ class Scheduler:
         self._timer: threading.Thread | None = None
         self._restarts = 0
         self._running: dict[threading.Thread, str] = {}  # worker -> task, for close's report
+        self._workers = workers
+        _fork.track(self)
+
+    def _reset_after_fork(self) -> None:
+        """In a forked child: no timer of the parent's, new locks, threads on first use."""
+        for _, _, handle in self._heap:
+            handle._cancelled = True
+            handle._in_heap = False
+        self._cond = threading.Condition(threading.Lock())
+        self._heap = []
+        self._cancelled_in_heap = 0
+        _fork.keep(self._executor)
+        self._executor = ThreadPoolExecutor(
+            max_workers=self._workers, thread_name_prefix=WORKER_PREFIX
+        )
+        self._timer = None
+        self._running = {}
 
     # ------------------------------------------------------------ public
 

@@ -4,6 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from polaris_sdk.testing import PolarisTestServer
 from tests.frontends import LoopThread
 from tests.support import assert_no_new_threads, live_threads
 
@@ -23,3 +24,11 @@ def event_loop_thread() -> Iterator[LoopThread]:
     loop = LoopThread()
     yield loop
     loop.close()
+
+
+@pytest.fixture(scope="module")
+def own_server() -> Iterator[PolarisTestServer]:
+    """A test server for one module, stopped after it (the plugin's lives for the session)."""
+    server = PolarisTestServer.create()
+    yield server
+    server.close()

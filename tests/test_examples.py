@@ -53,6 +53,9 @@ EXPECTED: dict[str, list[str]] = {
 RUN_ELSEWHERE: dict[str, str] = {
     "provider.py": "tests/provider/test_exit.py",
     "greeter.py": "tests/integrations/greeters.py",
+    "fastapi_provider.py": "tests/test_deploy.py",
+    "flask_provider.py": "tests/test_deploy.py",
+    "greeter_consumer.py": "tests/test_deploy.py",
 }
 
 

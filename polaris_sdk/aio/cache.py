@@ -139,6 +139,14 @@ class AsyncServiceCache:
         ] = []
         self._closed = False
 
+    def _reset_after_fork(self) -> None:
+        """In a forked child: nothing cached or watched; services listed on first use."""
+        hooks = self._store._hooks
+        self._store = Store()
+        self._store._hooks = hooks
+        self._services = {}
+        self._state_mailboxes = []
+
     @property
     def closed(self) -> bool:
         return self._closed

@@ -20,6 +20,9 @@ Contract:
   exception in one is logged), cancels and awaits every task, then closes
   the connector. Later calls raise :class:`~polaris_sdk.errors.ClosedError`.
   ``async with ctx:`` closes on the way out.
+* Fork-safe as :class:`~polaris_sdk.context.SDKContext`: in a forked child
+  it binds to the first loop it is used on, with new channels and caches
+  and none of the parent's registrations or tasks.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
+from polaris_sdk import _fork
 from polaris_sdk.aio.dispatch import AsyncMailbox
 from polaris_sdk.config import Configuration, load_config
 from polaris_sdk.connector import (
@@ -77,6 +81,22 @@ class AsyncSDKContext:
         self._components: dict[str, Any] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        _fork.track(self)
+
+    def _reset_after_fork(self) -> None:
+        """In a forked child: bound to the first loop it is used on; no task of the parent's.
+
+        The components reset in place; the transport and the connection
+        state reset themselves (:mod:`polaris_sdk._fork`).
+        """
+        _fork.keep(*self._tasks)
+        self._tasks = set()
+        self._loop = None
+        self._thread = None
+        for component in self._components.values():
+            reset: Callable[[], None] | None = getattr(component, "_reset_after_fork", None)
+            if reset is not None:
+                reset()
 
     @classmethod
     def create(

@@ -41,6 +41,7 @@ from polaris_sdk._requests import coerce_request
 from polaris_sdk.aio.context import AsyncSDKContext
 from polaris_sdk.aio.dispatch import AsyncMailbox
 from polaris_sdk.config import Configuration
+from polaris_sdk.connector.retry import is_retriable
 from polaris_sdk.errors import ClosedError, PolarisError
 from polaris_sdk.model import (
     InstanceDeregisterRequest,
@@ -56,7 +57,16 @@ from polaris_sdk.provider.core import (
     RegistrationStatus,
     Step,
 )
-from polaris_sdk.provider.flow import STATUS_DRAIN_TIMEOUT
+from polaris_sdk.provider.flow import (
+    STATUS_DRAIN_TIMEOUT,
+    deregister_lease_key,
+    log_background,
+    log_registered,
+    registration_lease_key,
+    request_lease_key,
+    still_shared,
+)
+from polaris_sdk.provider.lease import Leases
 from polaris_sdk.provider.registry import KeyedLocks, Registration, Registry
 
 __all__ = ["AsyncProviderAPI"]
@@ -98,6 +108,20 @@ class AsyncRegisterFlow:
         self._registry: Registry[_AsyncRegistration] = Registry()
         self._id_locks: KeyedLocks[asyncio.Lock] = KeyedLocks(asyncio.Lock)
         self._listeners: list[tuple[OwnedListener, AsyncMailbox[_Delivery]]] = []
+        self._none_registering = asyncio.Event()
+        self._none_registering.set()
+        self._leases = Leases(
+            self._config.provider.lease_dir, enabled=self._config.provider.share_instances
+        )
+
+    def _reset_after_fork(self) -> None:
+        """In a forked child: none of the parent's registrations or listeners."""
+        closed = self._registry.closed
+        self._registry = Registry()
+        if closed:
+            self._registry.close()
+        self._id_locks = KeyedLocks(asyncio.Lock)
+        self._listeners = []
         self._none_registering = asyncio.Event()
         self._none_registering.set()
 
@@ -143,12 +167,14 @@ class AsyncRegisterFlow:
         *,
         owner: object = None,
         timeout: float | None = None,
+        background: bool = False,
     ) -> InstanceRegisterResponse:
         heartbeats = req.enable_health_check
         registry = self._registry
         iid = req.instance_id or registry.instance_id_for(
             req.namespace, req.service, req.host, req.port, req.vpc_id
         )
+        key = request_lease_key(req)
         registry.begin_register()
         self._none_registering.clear()
         try:
@@ -156,22 +182,33 @@ class AsyncRegisterFlow:
                 old = registry.untrack(iid)
                 if old is not None:
                     await self._stop(old)
+                await asyncio.to_thread(self._leases.join, key)
+                step = None
                 try:
                     resp = await self._connector.register_instance(
                         req, ttl if heartbeats else None, timeout=timeout
                     )
+                except PolarisError as exc:
+                    if old is not None:
+                        await self._resume(old, timeout)
+                        raise
+                    if not (background and heartbeats and is_retriable(exc)):
+                        await self._leave(key)
+                        raise
+                    resp = InstanceRegisterResponse(instance_id=iid)
+                    core = self._core(iid, req, ttl)
+                    step = core.register_failed(exc, self._now())
+                    log_background(req, exc, step.at - self._now())
                 except BaseException:
                     if old is not None:
                         await self._resume(old, timeout)
+                    else:
+                        await self._leave(key)
                     raise
-                core = RegistrationCore(
-                    resp.instance_id,
-                    req,
-                    ttl,
-                    max_backoff=self._config.provider.reregister_max_backoff,
-                )
+                if step is None:
+                    core = self._core(resp.instance_id, req, ttl)
+                    step = core.registered(self._now())
                 reg = _AsyncRegistration(core, owner, heartbeats)
-                step = core.registered(self._now())
                 if not registry.track(reg):
                     await self._deregister_quietly(reg, timeout)
                     raise ClosedError(
@@ -182,16 +219,17 @@ class AsyncRegisterFlow:
         finally:
             if registry.end_register():
                 self._none_registering.set()
-        logger.info(
-            "registered %s/%s %s:%d as %s (ttl %ss)",
-            req.namespace,
-            req.service,
-            req.host,
-            req.port,
-            resp.instance_id,
-            ttl if heartbeats else "-",
-        )
+        if core.state is RegistrationState.REGISTERED:
+            log_registered(req, resp, ttl if heartbeats else None)
         return Registry.answer(resp, old)
+
+    def _core(self, iid: str, req: InstanceRegisterRequest, ttl: int) -> RegistrationCore:
+        return RegistrationCore(
+            iid, req, ttl, max_backoff=self._config.provider.reregister_max_backoff
+        )
+
+    async def _leave(self, key: str) -> None:
+        (await asyncio.to_thread(self._leases.leave, key)).release()
 
     async def deregister(
         self, req: InstanceDeregisterRequest, *, timeout: float | None = None
@@ -207,7 +245,11 @@ class AsyncRegisterFlow:
                 await self._stop(reg)
                 if req.instance_id is None:
                     req = dataclasses.replace(req, instance_id=iid)
-            await self._connector.deregister_instance(req, timeout=timeout)
+            leaving = await asyncio.to_thread(self._leases.leave, deregister_lease_key(req, reg))
+            try:
+                await self._connector.deregister_instance(req, timeout=timeout)
+            finally:
+                leaving.release()
         logger.info("deregistered %s", iid)
 
     def status(self, iid: str) -> RegistrationStatus | None:
@@ -286,10 +328,15 @@ class AsyncRegisterFlow:
             self._start(reg, step)
 
     async def _deregister_quietly(self, reg: Registration, timeout: float | None) -> None:
+        """Leave the instance's lease; deregister it if no other process holds it."""
+        leaving = await asyncio.to_thread(self._leases.leave, registration_lease_key(reg))
         try:
-            await self._connector.deregister_instance(reg.deregister_req, timeout=timeout)
+            if not still_shared(reg, leaving.others):
+                await self._connector.deregister_instance(reg.deregister_req, timeout=timeout)
         except PolarisError as exc:
             logger.warning("deregistering %s failed: %s", reg.instance_id, exc)
+        finally:
+            leaving.release()
 
     async def _finish(self, reg: _AsyncRegistration, deregister: bool, deadline: float) -> None:
         async with self._instance_lock(reg.instance_id):
@@ -298,6 +345,8 @@ class AsyncRegisterFlow:
             remaining = deadline - self._now()
             if deregister and remaining > 0:
                 await self._deregister_quietly(reg, remaining)
+            else:
+                await self._leave(registration_lease_key(reg))
 
     async def _keep(self, reg: _AsyncRegistration, step: Step) -> None:
         """The heartbeat loop of one instance: sleep until the step is due, send it, decide."""
@@ -376,14 +425,19 @@ class AsyncProviderAPI:
         return self._closed
 
     async def register_instance(
-        self, request: InstanceRegisterRequest | None = None, /, **fields: Any
+        self,
+        request: InstanceRegisterRequest | None = None,
+        /,
+        *,
+        background: bool = False,
+        **fields: Any,
     ) -> InstanceRegisterResponse:
         """Register and keep registered: a heartbeat every TTL until deregistered or closed."""
         req = coerce_request(InstanceRegisterRequest, request, fields)
         validate_register(req)
         self._check_open()
         ttl = req.ttl if req.ttl is not None else self._ctx.config.provider.heartbeat_ttl
-        return await self._flow.register(req, ttl, owner=self)
+        return await self._flow.register(req, ttl, owner=self, background=background)
 
     async def register(
         self, request: InstanceRegisterRequest | None = None, /, **fields: Any

@@ -91,6 +91,26 @@ class ServiceCache:
         ] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._lister = lister
+
+    def _reset_after_fork(self) -> None:
+        """In a forked child: nothing cached, nothing watched; services listed on first use."""
+        self._lw = ListerWatcher(
+            self._lister, self.options.request_timeout, probe_interval=self.options.refresh_interval
+        )
+        hooks = self._store._hooks
+        self._store = Store()
+        self._store._hooks = hooks  # the selector's, reset in place
+        self._dispatcher = Dispatcher(
+            "polaris-listener",
+            max_workers=self.options.listener_workers,
+            idle_timeout=self.options.listener_idle_timeout,
+        )
+        if self.options.persist_dir:
+            self._backup = DiskBackup(self.options.persist_dir)
+        self._services = {}
+        self._state_mailboxes = []
+        self._lock = threading.Lock()
 
     @property
     def closed(self) -> bool:

@@ -44,6 +44,10 @@ Contract:
   half-closed, still delivering the answers its callers wait for.
 * ``close()`` ends the streams and their threads and closes the channels;
   later calls raise :class:`~polaris_sdk.errors.ClosedError`.
+* Channels are made on first use. In a process forked from the owner's
+  (:mod:`polaris_sdk._fork`) the inherited channels and stream are left
+  alone for good (grpcio cannot use or close them there) and new ones are
+  made on first use; ``close()`` there closes only those.
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ from typing import Any, Final, Generic, TypeVar
 
 import grpc
 
-from polaris_sdk import wire
+from polaris_sdk import _fork, wire
 from polaris_sdk.config import Configuration
 from polaris_sdk.connector.calls import USER_AGENT, Call, new_request_id
 from polaris_sdk.connector.failover import Endpoint, Endpoints
@@ -185,11 +189,30 @@ class _Channel:
     def __init__(
         self, address: str, options: Any, credentials: grpc.ChannelCredentials | None
     ) -> None:
-        if credentials is None:
-            self.channel = grpc.insecure_channel(address, options=options)
-        else:
-            self.channel = grpc.secure_channel(address, credentials, options=options)
+        self._address = address
+        self._options = options
+        self._credentials = credentials
+        self._channel: grpc.Channel | None = None
+        self._lock = threading.Lock()
         self._callables: dict[str, Any] = {}
+
+    @property
+    def channel(self) -> grpc.Channel:
+        """The channel, made on first use."""
+        if self._channel is None:
+            with self._lock:
+                if self._channel is None:
+                    if self._credentials is None:
+                        self._channel = grpc.insecure_channel(self._address, options=self._options)
+                    else:
+                        self._channel = grpc.secure_channel(
+                            self._address, self._credentials, options=self._options
+                        )
+        return self._channel
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
 
     def unary(self, name: str) -> Any:
         fn = self._callables.get(name)
@@ -494,10 +517,15 @@ class GrpcSettings(Generic[C]):
         self._token = sc.token
         self._closed = False
         self.message_timeout = sc.message_timeout
-        self.endpoints: Endpoints[C] = Endpoints(
-            (Endpoint(address, channel(address, options, credentials)) for address in sc.addresses),
-            sc.failback_interval,
-        )
+
+        def endpoints() -> Endpoints[C]:
+            return Endpoints(
+                (Endpoint(a, channel(a, options, credentials)) for a in sc.addresses),
+                sc.failback_interval,
+            )
+
+        self._new_endpoints = endpoints
+        self.endpoints: Endpoints[C] = endpoints()
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         md: tuple[tuple[str, str], ...] = (("request-id", new_request_id()),)
@@ -512,12 +540,18 @@ class GrpcTransport(GrpcSettings[_Channel]):
     def __init__(self, config: Configuration) -> None:
         super().__init__(config, _Channel)
         self._discover_stream = _DiscoverStream(self)
+        _fork.track(self)
+
+    def _reset_after_fork(self) -> None:
+        _fork.keep(self.endpoints, self._discover_stream)
+        self.endpoints = self._new_endpoints()
+        self._discover_stream = _DiscoverStream(self)
 
     def close(self) -> None:
         self._closed = True
         self._discover_stream.close()
         for ep in self.endpoints:
-            ep.handle.channel.close()
+            ep.handle.close()
 
     def exchange(self, call: Call, timeout: float) -> Any:
         if call.is_discover:

@@ -19,6 +19,10 @@ Contract (as :mod:`polaris_sdk.connector.grpc`, on one event loop):
   the oldest pending request was sent. An answer over a size limit fails
   only its own waiter's call.
 * ``aclose()`` ends the stream and its reader task and closes the channels.
+* In a forked child the inherited channels and stream are left alone for
+  good and new ones are made on first use (see :mod:`polaris_sdk._fork`).
+  grpcio cannot run in a child whose parent had used grpc.aio: there every
+  call raises :class:`~polaris_sdk.errors.ConfigError` saying so.
 """
 
 from __future__ import annotations
@@ -32,12 +36,18 @@ from typing import Any, Final
 import grpc
 import grpc.aio
 
-from polaris_sdk import wire
+from polaris_sdk import _fork, wire
 from polaris_sdk.config import Configuration
 from polaris_sdk.connector.calls import Call
 from polaris_sdk.connector.failover import Endpoint
 from polaris_sdk.connector.grpc import GrpcSettings, map_rpc_error, note_failure, too_large
-from polaris_sdk.errors import ClosedError, NetworkError, PolarisError, PolarisTimeoutError
+from polaris_sdk.errors import (
+    ClosedError,
+    ConfigError,
+    NetworkError,
+    PolarisError,
+    PolarisTimeoutError,
+)
 
 __all__ = ["AioGrpcTransport"]
 
@@ -57,6 +67,11 @@ class _AioChannel:
         self._credentials = credentials
         self._channel: grpc.aio.Channel | None = None
         self._unary: dict[str, Any] = {}
+
+    @property
+    def made(self) -> bool:
+        """Whether the channel was made (grpc.aio used in this process)."""
+        return self._channel is not None
 
     @property
     def channel(self) -> grpc.aio.Channel:
@@ -271,10 +286,29 @@ class AioGrpcTransport(GrpcSettings[_AioChannel]):
     def __init__(self, config: Configuration) -> None:
         super().__init__(config, _AioChannel)
         self._stream = _AioDiscoverStream(self)
+        self._unusable = False
+        _fork.track(self)
+
+    def _reset_after_fork(self) -> None:
+        # As the blocking transport: what the parent made is left alone for good.
+        if any(ep.handle.made for ep in self.endpoints):
+            # grpc.aio used before the fork crashes or hangs the child's gRPC
+            # (blocking API included): refuse instead.
+            self._unusable = True
+        _fork.keep(self.endpoints, self._stream)
+        self.endpoints = self._new_endpoints()
+        self._stream = _AioDiscoverStream(self)
 
     async def exchange(self, call: Call, timeout: float) -> Any:
         if self._closed:
             raise ClosedError("the connector is closed")
+        if self._unusable:
+            raise ConfigError(
+                "global.serverConnector.protocol",
+                "grpc.aio cannot be used in a process forked after its parent used it "
+                "(a grpcio limitation): make the AsyncSDKContext after the fork, "
+                "or use protocol http",
+            )
         if call.is_discover:
             return await self._stream.exchange(call.request, timeout)
         ep = self.endpoints.pick()

@@ -31,6 +31,9 @@ Contract:
   token is configured, ``X-Polaris-Token``. Headers are never logged.
 * ``close()`` closes the pool; later calls raise
   :class:`~polaris_sdk.errors.ClosedError`.
+* In a process forked from the owner's the inherited pool (whose sockets
+  the parent still uses) is left alone for good and a new client with an
+  empty pool takes its place (:mod:`polaris_sdk._fork`).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from typing import Any, Final
 import httpx
 from google.protobuf import json_format
 
-from polaris_sdk import wire
+from polaris_sdk import _fork, wire
 from polaris_sdk.config import Configuration
 from polaris_sdk.connector.calls import USER_AGENT, Call, new_request_id
 from polaris_sdk.connector.failover import Endpoint, Endpoints
@@ -115,10 +118,15 @@ class _HttpExchange:
         self._token = sc.token
         self._connect_timeout = sc.connect_timeout
         self._closed = False
-        self.endpoints: Endpoints[str] = Endpoints(
-            (Endpoint(address, f"{scheme}://{address}") for address in sc.addresses),
-            sc.failback_interval,
-        )
+
+        def endpoints() -> Endpoints[str]:
+            return Endpoints(
+                (Endpoint(address, f"{scheme}://{address}") for address in sc.addresses),
+                sc.failback_interval,
+            )
+
+        self._new_endpoints = endpoints
+        self.endpoints = endpoints()
 
     def _client_args(self) -> dict[str, Any]:
         return {
@@ -218,6 +226,12 @@ class HttpTransport(_HttpExchange):
     def __init__(self, config: Configuration) -> None:
         super().__init__(config)
         self._client = httpx.Client(**self._client_args())
+        _fork.track(self)
+
+    def _reset_after_fork(self) -> None:
+        _fork.keep(self._client, self.endpoints)
+        self._client = httpx.Client(**self._client_args())
+        self.endpoints = self._new_endpoints()
 
     def close(self) -> None:
         self._closed = True
@@ -240,6 +254,12 @@ class AsyncHttpTransport(_HttpExchange):
     def __init__(self, config: Configuration) -> None:
         super().__init__(config)
         self._client = httpx.AsyncClient(**self._client_args())
+        _fork.track(self)
+
+    def _reset_after_fork(self) -> None:
+        _fork.keep(self._client, self.endpoints)
+        self._client = httpx.AsyncClient(**self._client_args())
+        self.endpoints = self._new_endpoints()
 
     async def aclose(self) -> None:
         self._closed = True

@@ -45,6 +45,8 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from polaris_sdk import _fork
+
 __all__ = ["Connection", "ConnectionListener", "ConnectionState", "Poster"]
 
 logger = logging.getLogger("polaris_sdk.connection")
@@ -90,6 +92,15 @@ class Connection:
         self._failing_since: float | None = None
         self._last_error: BaseException | None = None
         self._listeners: list[tuple[ConnectionListener, Poster]] = []
+        _fork.track(self)
+
+    def _reset_after_fork(self) -> None:
+        """In a forked child: connected until shown otherwise, no listener of the parent's."""
+        self._lock = threading.Lock()
+        self._state = ConnectionState.CONNECTED
+        self._failing_since = None
+        self._last_error = None
+        self._listeners = []
 
     @property
     def state(self) -> ConnectionState:

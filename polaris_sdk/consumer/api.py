@@ -42,6 +42,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
+from polaris_sdk import _fork
 from polaris_sdk._closing import Closing
 from polaris_sdk._requests import coerce_request
 from polaris_sdk.cache import CacheOptions, ConnectionState, Entry, ServiceCache, StateListener
@@ -149,6 +150,13 @@ class ConsumerAPI(Closing):
         self._watches: list[tuple[ServiceKey, Listener]] = []
         self._state_listeners: list[StateListener] = []
         self._closed = False
+        _fork.track(self)
+
+    def _reset_after_fork(self) -> None:
+        # The cache forgot the parent's watches: so does this facade.
+        self._lock = threading.Lock()
+        self._watches = []
+        self._state_listeners = []
 
     @classmethod
     def create(

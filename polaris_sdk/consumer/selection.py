@@ -194,6 +194,10 @@ class Selector:
         self._recent: dict[tuple[str, str], dict[str, list[MetadataKey]]] = {}
         self._lock = threading.Lock()
 
+    def _reset_after_fork(self) -> None:
+        """In a forked child: empty memos, new locks (see :mod:`polaris_sdk._fork`)."""
+        self.__init__(warm=self.warm)  # type: ignore[misc]
+
     # ------------------------------------------------------------ reading
 
     def picker(

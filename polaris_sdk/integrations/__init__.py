@@ -1,8 +1,8 @@
-"""Integrations with other libraries; each module imports its library only when imported.
+"""Integrations with other libraries and frameworks; each module imports its
+library only when imported, and uses the public facades only, as user code would.
 
-Every integration uses the public facades only (``ConsumerAPI`` /
-``AsyncConsumerAPI``: ``get_one_instance``, ``get_instances``,
-``update_service_call_result``), so it behaves as user code would.
+Clients that resolve service names (``ConsumerAPI`` / ``AsyncConsumerAPI``:
+``get_one_instance``, ``update_service_call_result``):
 
 * :mod:`polaris_sdk.integrations.httpx`: ``PolarisTransport`` /
   ``AsyncPolarisTransport``, httpx transports that send ``http://greeter/...``
@@ -11,4 +11,8 @@ Every integration uses the public facades only (``ConsumerAPI`` /
   requests (extra ``requests``).
 * :mod:`polaris_sdk.integrations.grpc`: ``channel`` / ``aio_channel``, gRPC
   channels that pick an instance per call.
+
+Serving processes (register, drain on SIGTERM, deregister last):
+:mod:`.starlette` (FastAPI, Starlette; the asyncio twins), :mod:`.flask`,
+:mod:`.django`; what they share is in :mod:`._serving`.
 """

@@ -39,6 +39,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
+from polaris_sdk import _fork
 from polaris_sdk._closing import Closing
 from polaris_sdk._requests import coerce_request
 from polaris_sdk.config import Configuration
@@ -89,6 +90,12 @@ class ProviderAPI(Closing):
         self._lock = threading.Lock()
         self._closed = False
         self._exit = ExitHandler(self.close, self._close_bound)
+        _fork.track(self)
+
+    def _reset_after_fork(self) -> None:
+        self._lock = threading.Lock()
+        if self._on_status is not None and not self._closed:
+            self._flow.add_listener(self._filter_status)
 
     @classmethod
     def create(
@@ -117,7 +124,12 @@ class ProviderAPI(Closing):
     # -------------------------------------------------------------- calls
 
     def register_instance(
-        self, request: InstanceRegisterRequest | None = None, /, **fields: Any
+        self,
+        request: InstanceRegisterRequest | None = None,
+        /,
+        *,
+        background: bool = False,
+        **fields: Any,
     ) -> InstanceRegisterResponse:
         """Register and keep registered: a heartbeat every TTL until deregistered or closed.
 
@@ -126,12 +138,16 @@ class ProviderAPI(Closing):
         the server answered 400201 ExistedResource. A real polaris-server
         upserts and answers 200000, so an instance registered by another
         process reads as false.
+
+        ``background=True``: if the registry cannot be reached, do not fail;
+        keep registering with the re-registration backoff (the status is
+        ``reregistering`` until it lands, then heartbeats run as usual).
         """
         req = coerce_request(InstanceRegisterRequest, request, fields)
         validate_register(req)
         self._check_open()
         ttl = req.ttl if req.ttl is not None else self._ctx.config.provider.heartbeat_ttl
-        return self._flow.register(req, ttl, owner=self)
+        return self._flow.register(req, ttl, owner=self, background=background)
 
     def register(
         self, request: InstanceRegisterRequest | None = None, /, **fields: Any

@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any, Final
 
+from polaris_sdk import _fork
+
 __all__ = ["EXIT_THREAD", "ExitHandler", "require_main_thread"]
 
 logger = logging.getLogger("polaris_sdk.provider.exit")
@@ -60,12 +62,24 @@ class ExitHandler:
         self._thread: threading.Thread | None = None
         self._fd: int | None = None  # write end of the pipe to the exit thread
         self._thread_done = False  # the exit thread has ended: handlers pass signals on
+        _fork.track(self)
+
+    def _reset_after_fork(self) -> None:
+        """In a forked child the exit thread is the parent's: signals are passed straight on."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)  # the child's copy only: the parent's pipe stays open
+        self._thread = None
+        self._thread_done = True
+        self._done = threading.Event()
 
     def install(self, signals: Iterable[int]) -> None:
         """Close at interpreter exit and on ``signals``; call from the main thread."""
         require_main_thread()
         atexit.register(self._close)
         if self._thread is None:
+            self._thread_done = False
             read_fd, self._fd = os.pipe()
             os.set_blocking(self._fd, False)  # the handler must never block on it
             self._thread = threading.Thread(

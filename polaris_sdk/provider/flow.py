@@ -34,6 +34,17 @@ Contract:
   :data:`STATUS_DRAIN_TIMEOUT` seconds to take the last statuses.
   Deadlines of I/O are in real time, whatever the scheduler's clock.
   Thread-safe throughout.
+* Shared instances (``provider.shareInstances``, on by default): each
+  registration holds a lease on its instance (:mod:`polaris_sdk.provider.lease`)
+  from before its request is sent; ``close()`` deregisters an instance only
+  when no other live process holds it, so workers of one server sharing a
+  host:port keep it registered until the last one stops. ``deregister()``
+  always deregisters.
+* ``register(background=True)``: when the registry cannot be reached (a
+  network failure or a retriable server error), the call does not fail: the
+  instance is kept in state ``reregistering`` and registered by the
+  heartbeat loop with the re-registration backoff, then heartbeated as
+  usual; its status and the logs say so.
 """
 
 from __future__ import annotations
@@ -51,6 +62,7 @@ from typing import Final, Protocol
 
 from polaris_sdk.config import Configuration
 from polaris_sdk.connector.base import HeartbeatSender, Registrar
+from polaris_sdk.connector.retry import is_retriable
 from polaris_sdk.dispatch import Dispatcher, Mailbox
 from polaris_sdk.errors import ClosedError, PolarisError
 from polaris_sdk.model import (
@@ -63,7 +75,8 @@ from polaris_sdk.model import (
 # lived in this module before the core moved to polaris_sdk.provider.core.
 from polaris_sdk.provider.core import RegistrationCore, RegistrationState, RegistrationStatus
 from polaris_sdk.provider.heartbeat import HeartbeatDriver, ThreadedRegistration
-from polaris_sdk.provider.registry import KeyedLocks, Registry
+from polaris_sdk.provider.lease import Leases, lease_key
+from polaris_sdk.provider.registry import KeyedLocks, Registration, Registry
 from polaris_sdk.scheduler import Scheduler
 
 __all__ = [
@@ -94,6 +107,57 @@ class _Connector(Registrar, HeartbeatSender, Protocol):
     """What the flow calls on the server."""
 
 
+def request_lease_key(req: InstanceRegisterRequest) -> str:
+    return lease_key(req.namespace, req.service, req.host, req.port, req.vpc_id)
+
+
+def registration_lease_key(reg: Registration) -> str:
+    return request_lease_key(reg.core.request)
+
+
+def deregister_lease_key(req: InstanceDeregisterRequest, reg: Registration | None) -> str:
+    """The lease an explicit deregistration leaves: the tracked one's, else the request's."""
+    if reg is not None:
+        return registration_lease_key(reg)
+    return lease_key(req.namespace, req.service, req.host, req.port or 0, req.vpc_id)
+
+
+def still_shared(reg: Registration, others: int) -> bool:
+    """Whether other processes still hold ``reg``'s instance (then it stays registered)."""
+    if others:
+        logger.info(
+            "%s: still served by %d other process(es); not deregistered", reg.instance_id, others
+        )
+    return others > 0
+
+
+def log_registered(
+    req: InstanceRegisterRequest, resp: InstanceRegisterResponse, ttl: int | None
+) -> None:
+    logger.info(
+        "registered %s/%s %s:%d as %s (ttl %ss)",
+        req.namespace,
+        req.service,
+        req.host,
+        req.port,
+        resp.instance_id,
+        ttl or "-",
+    )
+
+
+def log_background(req: InstanceRegisterRequest, exc: PolarisError, delay: float) -> None:
+    logger.warning(
+        "%s/%s %s:%d: registry unreachable (%s); registering in the background, "
+        "next attempt in %.1fs",
+        req.namespace,
+        req.service,
+        req.host,
+        req.port,
+        exc,
+        max(0.0, delay),
+    )
+
+
 class RegisterFlow:
     """Registration, heartbeats and deregistration of many instances; see the module doc."""
 
@@ -113,6 +177,23 @@ class RegisterFlow:
         self._listeners: list[tuple[OwnedStatusListener, Mailbox[_Delivery]]] = []
         self._dispatcher = Dispatcher(STATUS_THREAD, max_workers=_STATUS_WORKERS)
         self._driver = HeartbeatDriver(connector, scheduler, config.api.timeout, self._notify)
+        self._leases = Leases(config.provider.lease_dir, enabled=config.provider.share_instances)
+
+    def _reset_after_fork(self) -> None:
+        """In a forked child: none of the parent's registrations or listeners, new locks.
+
+        The child never heartbeats, re-registers or deregisters what the
+        parent registered (see :mod:`polaris_sdk._fork`).
+        """
+        closed = self._registry.closed
+        self._lock = threading.Lock()
+        self._registry = Registry()
+        if closed:
+            self._registry.close()
+        self._id_locks = KeyedLocks(threading.Lock)
+        self._registered_all = threading.Condition(self._lock)
+        self._listeners = []
+        self._dispatcher = Dispatcher(STATUS_THREAD, max_workers=_STATUS_WORKERS)
 
     # -------------------------------------------------------------- public
 
@@ -148,37 +229,52 @@ class RegisterFlow:
         *,
         owner: object = None,
         timeout: float | None = None,
+        background: bool = False,
     ) -> InstanceRegisterResponse:
         """Register ``req`` and keep it registered until deregistered or closed.
 
         ``existed`` in the answer is true when this flow already had the
         instance registered (the new request replaced it) or the server
-        answered ExistedResource.
+        answered ExistedResource. With ``background`` an unreachable registry
+        does not fail the call: see the module docstring.
         """
         heartbeats = req.enable_health_check
         iid = req.instance_id or self._id_for(
             req.namespace, req.service, req.host, req.port, req.vpc_id
         )
+        key = request_lease_key(req)
         with self._in_flight(), self._instance_lock(iid):
             old = self._untrack(iid)
             if old is not None:
                 self._driver.stop(old)
+            self._leases.join(key)
+            step = None
             try:
                 resp = self._connector.register_instance(
                     req, ttl if heartbeats else None, timeout=timeout
                 )
+            except PolarisError as exc:
+                if old is not None:
+                    self._resume(old, timeout)
+                    raise
+                if not (background and heartbeats and is_retriable(exc)):
+                    self._leases.leave(key).release()
+                    raise
+                resp = InstanceRegisterResponse(instance_id=iid)
+                core = self._core(iid, req, ttl)
+                step = core.register_failed(exc, self._driver.now())
+                log_background(req, exc, step.at - self._driver.now())
             except BaseException:
                 if old is not None:
                     self._resume(old, timeout)
+                else:
+                    self._leases.leave(key).release()
                 raise
-            core = RegistrationCore(
-                resp.instance_id,
-                req,
-                ttl,
-                max_backoff=self._config.provider.reregister_max_backoff,
-            )
+            if step is None:
+                core = self._core(resp.instance_id, req, ttl)
             reg = ThreadedRegistration(core, owner, heartbeats)
-            step = self._driver.registered(reg)
+            if step is None:
+                step = self._driver.registered(reg)
             if not self._track(reg):
                 # close() ran while the request was on the wire and could not
                 # see this instance: take it off the server again ourselves.
@@ -186,16 +282,14 @@ class RegisterFlow:
                 raise ClosedError("the provider was closed while registering; deregistered again")
             if heartbeats:
                 self._driver.start(reg, step)
-        logger.info(
-            "registered %s/%s %s:%d as %s (ttl %ss)",
-            req.namespace,
-            req.service,
-            req.host,
-            req.port,
-            resp.instance_id,
-            ttl if heartbeats else "-",
-        )
+        if core.state is RegistrationState.REGISTERED:
+            log_registered(req, resp, ttl if heartbeats else None)
         return Registry.answer(resp, old)
+
+    def _core(self, iid: str, req: InstanceRegisterRequest, ttl: int) -> RegistrationCore:
+        return RegistrationCore(
+            iid, req, ttl, max_backoff=self._config.provider.reregister_max_backoff
+        )
 
     def deregister(self, req: InstanceDeregisterRequest, *, timeout: float | None = None) -> None:
         """Stop the instance's heartbeats (if tracked), then deregister it."""
@@ -210,7 +304,8 @@ class RegisterFlow:
                     # Name the tracked id: the instance may have been
                     # registered with an id of its own.
                     req = dataclasses.replace(req, instance_id=iid)
-            self._connector.deregister_instance(req, timeout=timeout)
+            with self._leases.leave(deregister_lease_key(req, reg)):
+                self._connector.deregister_instance(req, timeout=timeout)
         logger.info("deregistered %s", iid)
 
     def stop(self, instance_id: str) -> bool:
@@ -220,6 +315,7 @@ class RegisterFlow:
             if reg is None:
                 return False
             self._driver.stop(reg)
+            self._leases.leave(registration_lease_key(reg)).release()
             return True
 
     def status(self, instance_id: str) -> RegistrationStatus | None:
@@ -351,10 +447,13 @@ class RegisterFlow:
             self._driver.start(reg, step)
 
     def _deregister_quietly(self, reg: _Reg, timeout: float | None) -> None:
-        try:
-            self._connector.deregister_instance(reg.deregister_req, timeout=timeout)
-        except PolarisError as exc:
-            logger.warning("deregistering %s failed: %s", reg.instance_id, exc)
+        """Leave the instance's lease; deregister it if no other process holds it."""
+        with self._leases.leave(registration_lease_key(reg)) as leaving:
+            if not still_shared(reg, leaving.others):
+                try:
+                    self._connector.deregister_instance(reg.deregister_req, timeout=timeout)
+                except PolarisError as exc:
+                    logger.warning("deregistering %s failed: %s", reg.instance_id, exc)
 
     def _finish(self, reg: _Reg, deregister: bool, deadline: float) -> None:
         with self._instance_lock(reg.instance_id):
@@ -364,6 +463,8 @@ class RegisterFlow:
             remaining = deadline - time.monotonic()
             if deregister and remaining > 0:
                 self._deregister_quietly(reg, remaining)
+            else:
+                self._leases.leave(registration_lease_key(reg)).release()
 
     def _close_listeners(self) -> None:
         deadline = time.monotonic() + STATUS_DRAIN_TIMEOUT
