@@ -61,6 +61,7 @@ from polaris_sdk.model import (
 
 # RegistrationState and RegistrationStatus are imported from here too: they
 # lived in this module before the core moved to polaris_sdk.provider.core.
+from polaris_sdk.observe import Observers
 from polaris_sdk.provider.core import RegistrationCore, RegistrationState, RegistrationStatus
 from polaris_sdk.provider.heartbeat import HeartbeatDriver, ThreadedRegistration
 from polaris_sdk.provider.registry import KeyedLocks, Registry
@@ -102,6 +103,7 @@ class RegisterFlow:
         connector: _Connector,
         scheduler: Scheduler,
         config: Configuration,
+        observers: Observers | None = None,
     ) -> None:
         self._connector = connector
         self._scheduler = scheduler
@@ -112,7 +114,9 @@ class RegisterFlow:
         self._registered_all = threading.Condition(self._lock)  # no register() in flight
         self._listeners: list[tuple[OwnedStatusListener, Mailbox[_Delivery]]] = []
         self._dispatcher = Dispatcher(STATUS_THREAD, max_workers=_STATUS_WORKERS)
-        self._driver = HeartbeatDriver(connector, scheduler, config.api.timeout, self._notify)
+        self._driver = HeartbeatDriver(
+            connector, scheduler, config.api.timeout, self._notify, observers
+        )
 
     # -------------------------------------------------------------- public
 
