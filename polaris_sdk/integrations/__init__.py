@@ -11,4 +11,7 @@ Every integration uses the public facades only (``ConsumerAPI`` /
   requests (extra ``requests``).
 * :mod:`polaris_sdk.integrations.grpc`: ``channel`` / ``aio_channel``, gRPC
   channels that pick an instance per call.
+* :mod:`polaris_sdk.integrations.prometheus`: ``PolarisMetrics``, the SDK's
+  metrics under polaris-go's names (extra ``metrics``); it reads the context
+  through ``add_observer``.
 """
