@@ -49,6 +49,7 @@ if TYPE_CHECKING:
         ServiceKey,
         WatchServiceRequest,
     )
+    from polaris_sdk.observe import Observer
     from polaris_sdk.provider import ProviderAPI
 
 __version__ = "0.1.0.dev0"
@@ -77,6 +78,7 @@ _EXPORTS: dict[str, str] = {
     "InstanceRegisterRequest": "polaris_sdk.model",
     "InstanceRegisterResponse": "polaris_sdk.model",
     "NetworkError": "polaris_sdk.errors",
+    "Observer": "polaris_sdk.observe",
     "PolarisError": "polaris_sdk.errors",
     "PolarisTimeoutError": "polaris_sdk.errors",
     "ProtocolMismatchError": "polaris_sdk.errors",
@@ -118,6 +120,7 @@ __all__ = [
     "InstanceRegisterRequest",
     "InstanceRegisterResponse",
     "NetworkError",
+    "Observer",
     "PolarisError",
     "PolarisTimeoutError",
     "ProtocolMismatchError",

@@ -17,6 +17,8 @@ Contract:
   close), then the scheduler, then the connector, and leaves no thread
   behind. After ``close()`` starts, ``component()`` raises
   :class:`~polaris_sdk.errors.ClosedError`.
+* ``add_observer(observer)`` lets an observer (:mod:`polaris_sdk.observe`)
+  see every call result, heartbeat and cache refresh of this context.
 * Also a context manager.
 * Fork-safe: in a process forked from the one that made it, the context
   works again on first use with new channels, connection pool, scheduler
@@ -44,6 +46,7 @@ from polaris_sdk.connector import (
 from polaris_sdk.connector.state import ConnectionListener
 from polaris_sdk.dispatch import Dispatcher, Mailbox
 from polaris_sdk.errors import ClosedError
+from polaris_sdk.observe import Observers
 from polaris_sdk.scheduler import Scheduler
 
 __all__ = ["SDKContext"]
@@ -72,6 +75,7 @@ class SDKContext(Closing):
         self._config = config or Configuration()
         self._notices = Dispatcher(CONNECTION_THREAD, max_workers=2)
         self._connection = Connection(self._mailbox)
+        self._observers = Observers()
         self._connector = (
             connector
             if connector is not None
@@ -145,6 +149,19 @@ class SDKContext(Closing):
 
     def remove_connection_listener(self, listener: ConnectionListener) -> None:
         self._connection.remove_listener(listener)
+
+    @property
+    def observers(self) -> Observers:
+        """The observers the drivers of this context report to."""
+        return self._observers
+
+    def add_observer(self, observer: object) -> None:
+        """Show ``observer`` every call result, heartbeat and cache refresh, called
+        synchronously in the working thread (see :mod:`polaris_sdk.observe`)."""
+        self._observers.add(observer)
+
+    def remove_observer(self, observer: object) -> None:
+        self._observers.remove(observer)
 
     def _mailbox(self, listener: ConnectionListener) -> Mailbox[ConnectionState]:
         return self._notices.mailbox(listener)

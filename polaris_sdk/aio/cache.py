@@ -74,7 +74,13 @@ class _AsyncReflector(ReflectorDriver):
     def __init__(
         self, key: ServiceKey, ctx: AsyncSDKContext, sink: Informer, options: CacheOptions
     ) -> None:
-        super().__init__(key, sink, options, clock=lambda: asyncio.get_running_loop().time())
+        super().__init__(
+            key,
+            sink,
+            options,
+            clock=lambda: asyncio.get_running_loop().time(),
+            observers=ctx.observers,
+        )
         self._ctx = ctx
         self._task: asyncio.Task[None] | None = None
 

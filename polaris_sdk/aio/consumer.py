@@ -147,7 +147,8 @@ class AsyncConsumerAPI:
         self, request: ServiceCallResult | None = None, /, **fields: Any
     ) -> None:
         """Report how one call to an instance went; no I/O, nothing awaited."""
-        report_call(self._breakers, coerce_request(ServiceCallResult, request, fields))
+        req = coerce_request(ServiceCallResult, request, fields)
+        report_call(self._breakers, req, self._ctx.observers)
 
     def add_circuit_breaker_listener(self, listener: EventListener) -> None:
         """Call ``listener(event)`` (plain or ``async def``) on every breaker state

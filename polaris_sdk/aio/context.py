@@ -50,6 +50,7 @@ from polaris_sdk.connector import (
 )
 from polaris_sdk.connector.state import ConnectionListener
 from polaris_sdk.errors import ClosedError, WrongLoopError
+from polaris_sdk.observe import Observers
 
 __all__ = ["AsyncSDKContext"]
 
@@ -75,6 +76,7 @@ class AsyncSDKContext:
         with contextlib.suppress(RuntimeError):  # no loop yet: bound by the first call
             self._bind(asyncio.get_running_loop())
         self._connection = Connection(self._mailbox)
+        self._observers = Observers()
         self._connector = create_async_connector(
             self._config, transport=transport, connection=self._connection
         )
@@ -184,6 +186,21 @@ class AsyncSDKContext:
 
     def remove_connection_listener(self, listener: Callable[[ConnectionState], Any]) -> None:
         self._connection.remove_listener(listener)
+
+    # ------------------------------------------------------------ observers
+
+    @property
+    def observers(self) -> Observers:
+        """The observers the drivers of this context report to."""
+        return self._observers
+
+    def add_observer(self, observer: object) -> None:
+        """Show ``observer`` every call result, heartbeat and cache refresh, called
+        synchronously on the loop (see :mod:`polaris_sdk.observe`)."""
+        self._observers.add(observer)
+
+    def remove_observer(self, observer: object) -> None:
+        self._observers.remove(observer)
 
     # ----------------------------------------------------------- components
 

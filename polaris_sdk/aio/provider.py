@@ -358,6 +358,7 @@ class AsyncRegisterFlow:
                 step = await self._run(reg, step)
 
     async def _run(self, reg: _AsyncRegistration, step: Step) -> Step:
+        lateness = self._now() - step.at
         core = reg.core
         before = core.state
         error: PolarisError | None = None
@@ -380,6 +381,8 @@ class AsyncRegisterFlow:
             logger.log(line.level, line.message, *line.args)
         if status.state is not before:
             self._notify(status, reg.owner)
+        if step.action is Action.HEARTBEAT and self._ctx.observers.heartbeats:
+            self._ctx.observers.heartbeat(status, lateness, error is None)
         return nxt
 
 

@@ -40,6 +40,7 @@ from polaris_sdk.cache.reflector_core import (
 )
 from polaris_sdk.errors import ClosedError, PolarisError
 from polaris_sdk.model import ServiceInstances, ServiceKey
+from polaris_sdk.observe import Observers
 
 __all__ = [
     "Cancellable",
@@ -94,8 +95,10 @@ class ReflectorDriver:
         *,
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
+        observers: Observers | None = None,
     ) -> None:
         self.key = key
+        self._observers = observers or Observers()
         self._sink = sink
         self._options = options
         self._clock = clock
@@ -147,6 +150,9 @@ class ReflectorDriver:
         elif outcome.confirm:
             self._sink.confirm(time.time())
         self._report(outcome)
+        if self._observers.revision_checks:
+            changed = outcome.replace is not None
+            self._observers.revision_check(self.key, changed, True, self._sink.current())
 
     def _failed(self, exc: BaseException) -> None:
         outcome = self._core.failed(exc, self._clock())
@@ -161,6 +167,8 @@ class ReflectorDriver:
         else:
             logger.debug("discover of %s failed again (%d): %s", self.key, outcome.failures, exc)
         self._report(outcome)
+        if self._observers.revision_checks:
+            self._observers.revision_check(self.key, False, False, self._sink.current())
 
     def _report(self, outcome: Outcome) -> None:
         state = outcome.state_change
@@ -186,8 +194,9 @@ class Reflector(ReflectorDriver):
         *,
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
+        observers: Observers | None = None,
     ) -> None:
-        super().__init__(key, sink, options, clock=clock, rand=rand)
+        super().__init__(key, sink, options, clock=clock, rand=rand, observers=observers)
         self._lw = lister_watcher
         self._scheduler = scheduler
         self._lock = threading.Lock()

@@ -42,6 +42,7 @@ from polaris_sdk.errors import (
     ServerInternalError,
 )
 from polaris_sdk.model import ServiceInstances, ServiceKey
+from polaris_sdk.observe import Observers
 
 __all__ = ["ServiceCache", "StateListener"]
 
@@ -69,8 +70,10 @@ class ServiceCache:
         scheduler: Scheduler,
         options: CacheOptions | None = None,
         connection: Connection | None = None,
+        observers: Observers | None = None,
     ) -> None:
         self.options = options or CacheOptions()
+        self._observers = observers
         self._lw = ListerWatcher(
             lister,
             self.options.request_timeout,
@@ -270,7 +273,9 @@ class ServiceCache:
             backup=self._backup,
             on_state=self._state_changed,
         )
-        reflector = Reflector(key, self._lw, self._scheduler, informer, self.options)
+        reflector = Reflector(
+            key, self._lw, self._scheduler, informer, self.options, observers=self._observers
+        )
         return _Service(informer, reflector)
 
     def _first_listing(self, key: ServiceKey, service: _Service, timeout: float | None) -> None:

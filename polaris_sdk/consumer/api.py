@@ -40,6 +40,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Final
 
 from polaris_sdk import _fork
@@ -76,6 +77,7 @@ from polaris_sdk.model import (
     ServiceKey,
     WatchServiceRequest,
 )
+from polaris_sdk.observe import Observers
 from polaris_sdk.validation import (
     INVALID_HOST,
     INVALID_PARAMETER,
@@ -224,7 +226,8 @@ class ConsumerAPI(Closing):
 
         Cheap (a few microseconds, no I/O, no shared lock): call it after every call.
         """
-        report_call(self._breakers, coerce_request(ServiceCallResult, request, fields))
+        req = coerce_request(ServiceCallResult, request, fields)
+        report_call(self._breakers, req, self._ctx.observers)
 
     def add_circuit_breaker_listener(self, listener: EventListener) -> None:
         """Call ``listener(event: CircuitBreakerEvent)`` on every breaker state change,
@@ -523,8 +526,11 @@ def new_selector(cache: Any, breakers: CircuitBreakers | None = None) -> Selecto
     return selector
 
 
-def report_call(breakers: CircuitBreakers, req: ServiceCallResult) -> None:
-    """Check one call result and count it; ValidationError naming the field."""
+def report_call(
+    breakers: CircuitBreakers, req: ServiceCallResult, observers: Observers | None = None
+) -> None:
+    """Check one call result and count it, then show it to the ``observers``;
+    ValidationError naming the field."""
     instance = req.instance
     namespace = req.namespace or DEFAULT_NAMESPACE
     service = req.service
@@ -560,6 +566,11 @@ def report_call(breakers: CircuitBreakers, req: ServiceCallResult) -> None:
         if not isinstance(getattr(req, name), str):
             raise ValidationError(name, "must be a str", INVALID_PARAMETER)
     breakers.report(namespace, service, address, status, code, delay, method)
+    if observers is not None and observers.call_results:
+        host, port = address
+        observers.call_result(
+            replace(req, namespace=namespace, service=service, host=host, port=port)
+        )
 
 
 def listeners_of(listeners: Sequence[Listener]) -> tuple[Listener, ...]:
@@ -604,5 +615,9 @@ def _new_breakers(ctx: SDKContext) -> CircuitBreakers:
 
 def _new_cache(ctx: SDKContext) -> ServiceCache:
     return ServiceCache(
-        ctx.connector, ctx.scheduler, CacheOptions.from_config(ctx.config), ctx.connection
+        ctx.connector,
+        ctx.scheduler,
+        CacheOptions.from_config(ctx.config),
+        ctx.connection,
+        ctx.observers,
     )

@@ -11,6 +11,9 @@ Clients that resolve service names (``ConsumerAPI`` / ``AsyncConsumerAPI``:
   requests (extra ``requests``).
 * :mod:`polaris_sdk.integrations.grpc`: ``channel`` / ``aio_channel``, gRPC
   channels that pick an instance per call.
+* :mod:`polaris_sdk.integrations.prometheus`: ``PolarisMetrics``, the SDK's
+  metrics under polaris-go's names (extra ``metrics``); it reads the context
+  through ``add_observer``.
 
 Serving processes (register, drain on SIGTERM, deregister last):
 :mod:`.starlette` (FastAPI, Starlette; the asyncio twins), :mod:`.flask`,

@@ -82,7 +82,9 @@ class ProviderAPI(Closing):
         self._owns_context = _owns_context
         self._flow: RegisterFlow = context.component(
             FLOW_COMPONENT,
-            lambda: RegisterFlow(context.connector, context.scheduler, context.config),
+            lambda: RegisterFlow(
+                context.connector, context.scheduler, context.config, context.observers
+            ),
         )
         self._on_status = on_status
         if on_status is not None:

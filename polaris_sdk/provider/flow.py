@@ -73,6 +73,7 @@ from polaris_sdk.model import (
 
 # RegistrationState and RegistrationStatus are imported from here too: they
 # lived in this module before the core moved to polaris_sdk.provider.core.
+from polaris_sdk.observe import Observers
 from polaris_sdk.provider.core import RegistrationCore, RegistrationState, RegistrationStatus
 from polaris_sdk.provider.heartbeat import HeartbeatDriver, ThreadedRegistration
 from polaris_sdk.provider.lease import Leases, lease_key
@@ -166,6 +167,7 @@ class RegisterFlow:
         connector: _Connector,
         scheduler: Scheduler,
         config: Configuration,
+        observers: Observers | None = None,
     ) -> None:
         self._connector = connector
         self._scheduler = scheduler
@@ -176,7 +178,9 @@ class RegisterFlow:
         self._registered_all = threading.Condition(self._lock)  # no register() in flight
         self._listeners: list[tuple[OwnedStatusListener, Mailbox[_Delivery]]] = []
         self._dispatcher = Dispatcher(STATUS_THREAD, max_workers=_STATUS_WORKERS)
-        self._driver = HeartbeatDriver(connector, scheduler, config.api.timeout, self._notify)
+        self._driver = HeartbeatDriver(
+            connector, scheduler, config.api.timeout, self._notify, observers
+        )
         self._leases = Leases(config.provider.lease_dir, enabled=config.provider.share_instances)
 
     def _reset_after_fork(self) -> None:

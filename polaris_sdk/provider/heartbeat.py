@@ -33,6 +33,7 @@ from typing import Protocol
 from polaris_sdk.connector.base import HeartbeatSender
 from polaris_sdk.errors import ClosedError, PolarisError
 from polaris_sdk.model import InstanceRegisterRequest, InstanceRegisterResponse
+from polaris_sdk.observe import Observers
 from polaris_sdk.provider.core import (
     Action,
     RegistrationCore,
@@ -74,8 +75,14 @@ class HeartbeatDriver:
     """Arms, runs and logs the steps of registrations; see the module docstring."""
 
     def __init__(
-        self, connector: _StepSender, scheduler: Scheduler, api_timeout: float, notify: Notify
+        self,
+        connector: _StepSender,
+        scheduler: Scheduler,
+        api_timeout: float,
+        notify: Notify,
+        observers: Observers | None = None,
     ) -> None:
+        self._observers = observers or Observers()
         self._connector = connector
         self._scheduler = scheduler
         self._api_timeout = api_timeout
@@ -149,6 +156,7 @@ class HeartbeatDriver:
 
     def _run(self, reg: ThreadedRegistration, step: Step) -> Step | None:
         """Send the step and decide the next one; None if ``reg`` was stopped."""
+        lateness = self.now() - step.at
         with reg.io_lock:
             with reg.lock:
                 if reg.stopped:
@@ -166,6 +174,8 @@ class HeartbeatDriver:
             logger.log(line.level, line.message, *line.args)
         if status.state is not before:
             self._notify(status, reg.owner)
+        if step.action is Action.HEARTBEAT and self._observers.heartbeats:
+            self._observers.heartbeat(status, lateness, error is None)
         return nxt
 
     def _send(self, reg: ThreadedRegistration, step: Step) -> PolarisError | None:
