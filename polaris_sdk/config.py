@@ -247,9 +247,14 @@ class ConsumerConfig:
     push_empty_protection: bool = True
     """Keep the last non-empty snapshot when the server suddenly answers empty."""
     default_lb_policy: str = LB_POLICIES[0]
+    circuit_breaker_enable: bool = True
+    """Circuit breaking (``consumer.circuitBreaker.enable``, polaris-go's key): off,
+    no instance is left out and call results are accepted and ignored."""
 
     def __post_init__(self) -> None:
         _positive("consumer.localCache.serviceRefreshInterval", self.service_refresh_interval)
+        if not isinstance(self.circuit_breaker_enable, bool):
+            raise ConfigError("consumer.circuitBreaker.enable", "expected true or false")
         jitter = self.refresh_jitter
         if isinstance(jitter, bool) or not isinstance(jitter, int | float) or not 0 <= jitter <= 1:
             raise ConfigError(
@@ -493,6 +498,9 @@ KEYS: Final[Mapping[str, _Key]] = {
     ),
     "consumer.localCache.pushEmptyProtection": _Key("consumer", "push_empty_protection", _as_bool),
     "consumer.loadbalancer.type": _Key("consumer", "default_lb_policy", _as_str),
+    "consumer.circuitBreaker.enable": _Key(
+        "consumer", "circuit_breaker_enable", _as_bool, "POLARIS_CIRCUIT_BREAKER_ENABLE"
+    ),
     "provider.heartbeatTtl": _Key(
         "provider", "heartbeat_ttl", parse_whole_seconds, "POLARIS_HEARTBEAT_TTL"
     ),

@@ -382,3 +382,13 @@ def test_a_token_from_a_yaml_block_keeps_its_newline_and_is_refused(tmp_path: Pa
         load_config(path, environ={})
     assert info.value.key == "global.serverConnector.token"
     assert "s3cret" not in str(info.value)
+
+
+def test_circuit_breaking_switch_from_a_file_and_the_environment() -> None:
+    assert load_config(environ={}).consumer.circuit_breaker_enable is True
+    document = {"consumer": {"circuitBreaker": {"enable": False}}}
+    assert Configuration.from_mapping(document).consumer.circuit_breaker_enable is False
+    off = load_config(environ={"POLARIS_CIRCUIT_BREAKER_ENABLE": "false"})
+    assert off.consumer.circuit_breaker_enable is False
+    with pytest.raises(ConfigError, match=r"consumer\.circuitBreaker\.enable"):
+        load_config(environ={"POLARIS_CIRCUIT_BREAKER_ENABLE": "maybe"})

@@ -270,7 +270,11 @@ def _new_breakers(ctx: AsyncSDKContext) -> CircuitBreakers:
     def mailbox(listener: EventListener) -> AsyncMailbox[Any]:
         return AsyncMailbox(ctx.loop, listener)
 
-    breakers = CircuitBreakers(mailbox=mailbox, on_new_service=lambda key: pollers[0].start(key))
+    breakers = CircuitBreakers(
+        mailbox=mailbox,
+        on_new_service=lambda key: pollers[0].start(key),
+        enabled=ctx.config.consumer.circuit_breaker_enable,
+    )
     pollers.append(
         AsyncRulePoller(
             ctx, breakers, ctx.config.consumer.service_refresh_interval, ctx.config.api.timeout

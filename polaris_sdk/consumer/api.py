@@ -599,7 +599,9 @@ def _new_breakers(ctx: SDKContext) -> CircuitBreakers:
     dispatcher = Dispatcher(BREAKER_THREAD, max_workers=2)
     pollers: list[RulePoller] = []
     breakers = CircuitBreakers(
-        mailbox=dispatcher.mailbox, on_new_service=lambda key: pollers[0].start(key)
+        mailbox=dispatcher.mailbox,
+        on_new_service=lambda key: pollers[0].start(key),
+        enabled=ctx.config.consumer.circuit_breaker_enable,
     )
     poller = RulePoller(
         ctx.connector,

@@ -26,6 +26,9 @@ Contract:
   snapshot is replaced (:meth:`snapshot_replaced`, a cache replace hook);
   at most ``MAX_ADDRESSES`` addresses and ``MAX_SERVICES`` services are
   tracked, results beyond that are not counted.
+* ``enabled=False`` (``consumer.circuitBreaker.enable: false``): call
+  results are accepted and dropped and :meth:`admit` leaves every candidate
+  in; breakers asked for by name (the ``CircuitBreakerAPI``) still work.
 """
 
 from __future__ import annotations
@@ -167,8 +170,10 @@ class CircuitBreakers:
         clock: Callable[[], float] = time.monotonic,
         mailbox: Callable[[EventListener], Poster] | None = None,
         on_new_service: Callable[[ServiceKey], None] | None = None,
+        enabled: bool = True,
     ) -> None:
         self.clock = clock
+        self.enabled = enabled
         self._mailbox = mailbox
         self._on_new_service = on_new_service
         self._by_namespace: dict[str, dict[str, ServiceBreakers]] = {}
@@ -203,6 +208,8 @@ class CircuitBreakers:
         self, namespace: str, service: str, instances: tuple[Instance, ...]
     ) -> tuple[tuple[Instance, ...], dict[Address, Breaker] | None, tuple[Instance, ...]]:
         """(candidates, HALF_OPEN breakers among them, candidates not HALF_OPEN)."""
+        if not self.enabled:
+            return instances, None, instances
         found = self.get(namespace, service)
         if found is None or not (found.excluded or found.probing):
             return instances, None, instances
@@ -300,7 +307,10 @@ class CircuitBreakers:
         delay: float | None,
         method: str,
     ) -> None:
-        """Count one call's outcome on every breaker it concerns."""
+        """Count one call's outcome on every breaker it concerns (none when circuit
+        breaking is off: the result is accepted and dropped)."""
+        if not self.enabled:
+            return
         found = self.get(namespace, service)
         if found is None:
             found = self._new_service(ServiceKey(namespace, service))

@@ -28,8 +28,39 @@ Contract:
     out again after a sleep window.
 
 * A call is an error when its ``ret_status`` is not ``success``, or its
-  ``ret_code`` matches the rule's error codes (default ``500~599``), or its
-  delay exceeds the rule's ``max_delay``.
+  ``ret_code`` matches the rule's error codes (default ``500~599``) or is
+  ``-1`` (both official SDKs treat -1 as an error whatever the rule), or its
+  delay exceeds the rule's ``max_delay``. (Under a rule with error
+  conditions, polaris-go and polaris-java judge by the code and delay alone,
+  so a ``fail`` report with a 2xx code counts as a success there; here
+  ``ret_status`` counts too, so the transports' timeouts and refused
+  connections open breakers without a made-up code.)
+
+Defaults (:data:`DEFAULT_RULE`), the instance rule both official SDKs
+synthesize when the server has none, and their sources:
+
+* consecutive errors 10, error rate 50 % over at least 10 requests in a
+  60 s window: polaris-go ``pkg/config/default.go`` (``DefaultErrorCount``,
+  ``DefaultErrorPercent``, ``DefaultMinimumRequest``, ``DefaultInterval``),
+  polaris-java ``polaris-config-default/.../conf/default-config.yml``
+  (``consumer.circuitBreaker.defaultErrorCount`` etc.);
+* 10 buckets: polaris-go ``plugin/circuitbreaker/composite/trigger/err_rate.go``
+  (``bucketCount``), polaris-java ``ErrRateCounter.java`` (``BUCKET_COUNT``);
+* sleep window 30 s, half-open: 3 probes, all 3 must succeed: polaris-go
+  ``DefaultSleepWindow`` / ``DefaultSuccessCountAfterHalfOpen`` made into
+  ``recoverCondition{sleepWindow, consecutiveSuccess}`` by
+  ``plugin/circuitbreaker/composite/default.go``, and ``HalfOpenStatus`` in
+  ``pkg/model/circuitbreaker.go`` (lets ``consecutiveSuccess`` calls
+  through, any failure reopens); polaris-java ``sleepWindow: 30s``,
+  ``requestCountAfterHalfOpen: 3``, ``successCountAfterHalfOpen: 3``;
+* error codes ``RET_CODE RANGE 500~599``: polaris-go ``default.go``
+  (``_defaultRetCodeRange``); the -1 rule: polaris-go
+  ``composite/block_counter.go``, polaris-java ``CircuitBreakerUtils.java``;
+* the fast rule for unreachable instances is this SDK's own.
+
+Circuit breaking is on by default and turned off with
+``consumer.circuitBreaker.enable: false`` (polaris-go's key, ``true`` in
+``DefaultCircuitBreakerEnabled``; polaris-java's ``default-config.yml``).
 * Results that arrive while OPEN (calls that were in flight when it opened)
   change nothing.
 """
@@ -167,7 +198,7 @@ class BreakerRule:
     def is_error(self, ret_status: str, ret_code: int | None, delay: float | None) -> bool:
         if ret_status != SUCCESS:
             return True
-        if ret_code is not None and self.error_codes(ret_code):
+        if ret_code is not None and (ret_code == -1 or self.error_codes(ret_code)):
             return True
         return self.max_delay is not None and delay is not None and delay > self.max_delay
 

@@ -72,22 +72,34 @@ def front(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
+def facade_settings() -> dict[str, Any]:
+    """Extra settings of the ``facades`` context (a test module may override this)."""
+    return {}
+
+
+@pytest.fixture
 def facades(
     front: str,
     sdk_settings: dict[str, Any],
+    facade_settings: dict[str, Any],
     make_context: Callable[..., SDKContext],
     request: pytest.FixtureRequest,
 ) -> Iterator[tuple[Any, Any]]:
     """A consumer and a provider sharing one context, of this test's front end."""
     if front == "sync":
-        ctx = make_context()
+        ctx = make_context(**facade_settings)
         yield ConsumerAPI(ctx), ProviderAPI(ctx)
         return
     loop: LoopThread = request.getfixturevalue("event_loop_thread")
 
     async def make() -> tuple[AsyncSDKContext, AsyncConsumerAPI, AsyncProviderAPI]:
         actx = AsyncSDKContext.create(
-            **{**sdk_settings, "refresh_interval": REFRESH, "global.api.timeout": "1s"}
+            **{
+                **sdk_settings,
+                "refresh_interval": REFRESH,
+                "global.api.timeout": "1s",
+                **facade_settings,
+            }
         )
         return actx, AsyncConsumerAPI(actx), AsyncProviderAPI(actx)
 

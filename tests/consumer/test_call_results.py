@@ -55,6 +55,17 @@ def test_ten_failures_in_a_row_open_an_instance(consumer: Any, provider: Any) ->
     assert _picked(consumer) == {7001, 7003}
 
 
+def test_ret_code_minus_one_is_an_error_whatever_the_status(consumer: Any, provider: Any) -> None:
+    # Both official SDKs read -1 as an abnormal code under any rule.
+    _register(provider)
+    wait_until(lambda: len(consumer.get_instances(service=SERVICE)) == 3)
+    for _ in range(10):
+        consumer.update_service_call_result(
+            service=SERVICE, host=HOST, port=7003, ret_status="success", ret_code=-1
+        )
+    assert _picked(consumer) == {7001, 7002}
+
+
 def test_successes_keep_every_instance(consumer: Any, provider: Any) -> None:
     _register(provider)
     wait_until(lambda: len(consumer.get_instances(service=SERVICE)) == 3)
@@ -143,3 +154,19 @@ def test_state_changes_reach_listeners_and_the_log(
     assert (event.old_state, event.new_state) == ("closed", "open")
     opened = [r for r in caplog.records if "opened" in r.getMessage()]
     assert opened and opened[0].levelno == logging.WARNING
+
+
+@pytest.mark.parametrize("facade_settings", [{"consumer.circuitBreaker.enable": False}])
+def test_switched_off_no_instance_leaves_selection(consumer: Any, provider: Any) -> None:
+    _register(provider)
+    wait_until(lambda: len(consumer.get_instances(service=SERVICE)) == 3)
+    consumer.update_service_call_result(
+        service=SERVICE, host=HOST, port=7001, ret_status="unreachable"
+    )
+    for _ in range(20):
+        consumer.update_service_call_result(service=SERVICE, host=HOST, port=7002, ret_code=503)
+    assert _picked(consumer, 120) == set(PORTS)
+    with pytest.raises(ValidationError, match="ret_status"):
+        consumer.update_service_call_result(
+            service=SERVICE, host=HOST, port=7001, ret_status="bogus"
+        )

@@ -146,6 +146,7 @@ def test_error_classification() -> None:
     assert not rule.is_error(SUCCESS, 600, None)
     assert rule.is_error(FAIL, None, None)
     assert rule.is_error(TIMEOUT, 200, None)
+    assert rule.is_error(SUCCESS, -1, None)
     slow = BreakerRule(max_delay=1.0)
     assert slow.is_error(SUCCESS, 200, 1.5)
     assert not slow.is_error(SUCCESS, 200, 0.5)
