@@ -78,8 +78,12 @@ def run(consumer: ConsumerAPI, procs: list[subprocess.Popen[str]]) -> None:
         failures = 0
         for i in range(40):
             if i == 10:
-                os.kill(procs[0].pid, signal.SIGKILL)
-                os.kill(procs[3].pid, signal.SIGKILL)
+                # One HTTP and one gRPC greeter die between two calls; a call
+                # already on the wire when a server dies is a failure no client
+                # can hide, so the kill lands once both are gone.
+                for dead in (procs[0], procs[3]):
+                    os.kill(dead.pid, signal.SIGKILL)
+                    dead.wait(timeout=10)
             try:
                 client.get("http://greeter/hello").raise_for_status()
                 say_hello(b"hi", timeout=5)

@@ -56,6 +56,10 @@ __all__ = [
 class PolarisError(Exception):
     """Root of every error polaris_sdk raises."""
 
+    not_sent: bool = False
+    """True when the SDK gave up before sending anything (so it says nothing
+    about the server's reachability)."""
+
 
 class ConfigError(PolarisError, ValueError):
     """A configuration value is wrong; ``key`` names it and the message the expected form."""

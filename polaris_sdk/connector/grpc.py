@@ -335,11 +335,13 @@ class _DiscoverStream:
                     return call
                 cause = self._last_error
             if time.monotonic() + wait >= deadline:
-                raise _like(
+                refused = _like(
                     cause,
                     f"Discover stream to {ep.address} is reconnecting, in {wait:.2f}s, "
                     f"after the call's deadline; it broke with: {cause}",
                 )
+                refused.not_sent = True  # says nothing new about the server's reachability
+                raise refused
             if self._closed.wait(wait):
                 raise ClosedError("the connector is closed")
 

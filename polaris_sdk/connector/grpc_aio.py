@@ -163,10 +163,12 @@ class _AioDiscoverStream:
                     break
                 cause = self._last_error
             if time.monotonic() + wait >= deadline:
-                raise PolarisTimeoutError(
+                refused = PolarisTimeoutError(
                     f"Discover stream is reconnecting, in {wait:.2f}s, after the call's "
                     f"deadline; it broke with: {cause}"
                 )
+                refused.not_sent = True  # says nothing new about the server's reachability
+                raise refused
             await asyncio.sleep(wait)
         try:
             return await asyncio.wait_for(

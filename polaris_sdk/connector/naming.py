@@ -40,7 +40,13 @@ from polaris_sdk.connector import calls
 from polaris_sdk.connector.calls import USER_AGENT, Call, new_request_id
 from polaris_sdk.connector.retry import RetryPolicy, is_retriable
 from polaris_sdk.connector.state import Connection
-from polaris_sdk.errors import ClosedError, NetworkError, PolarisError, PolarisTimeoutError
+from polaris_sdk.errors import (
+    ClosedError,
+    NetworkError,
+    PolarisError,
+    PolarisTimeoutError,
+    ServerError,
+)
 from polaris_sdk.model import (
     InstanceDeregisterRequest,
     InstanceHeartbeatRequest,
@@ -147,10 +153,14 @@ class _Core:
             return
         if error is None:
             connection.reached()
+        elif getattr(error, "not_sent", False):
+            return  # refused before sending (a stream still in its backoff): no news
         elif isinstance(error, NetworkError):
             connection.unreachable(error)
+        elif isinstance(error, ServerError) and error.retriable:
+            return  # a transport failure mapped to a 5xx code (a server going away): no news
         elif isinstance(error, PolarisError) and not isinstance(error, ClosedError):
-            connection.reached()  # a server answered, with an error code
+            connection.reached()  # a server answered, refusing the call
 
 
 class NamingConnector(_Core):

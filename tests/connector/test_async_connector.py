@@ -21,7 +21,13 @@ from polaris_sdk.connector import (
     create_async_connector,
     create_connector,
 )
-from polaris_sdk.errors import ClosedError, NetworkError, ResourceNotFoundError
+from polaris_sdk.errors import (
+    BadRequestError,
+    ClosedError,
+    NetworkError,
+    ResourceNotFoundError,
+    ServerInternalError,
+)
 from polaris_sdk.server import PolarisServer
 from polaris_sdk.server.auth import Action
 from tests.connector.servers import (
@@ -158,3 +164,44 @@ def test_a_mock_transport_answers_both_front_ends_and_is_retried_like_a_network(
 
     asyncio.run(scenario())
     assert seen[-1] == "Heartbeat"
+
+
+def test_only_what_reached_a_server_counts_as_reaching_it() -> None:
+    class Inline:
+        def __init__(self, listener: Any) -> None:
+            pass
+
+        def post(self, state: ConnectionState) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    outcomes: list[Exception] = []
+
+    def handler(method: str, request: Any) -> Any:
+        raise outcomes.pop(0)
+
+    config = transport_config(
+        "grpc", "127.0.0.1:1", **{"global.api.maxRetryTimes": 0, "global.api.timeout": "1s"}
+    )
+    connection = Connection(Inline)
+    connector = create_connector(config, transport=MockTransport(handler), connection=connection)
+    request = InstanceHeartbeatRequest(namespace="default", service="echo", host="h", port=1)
+
+    def beat(error: Exception) -> None:
+        outcomes.append(error)
+        with pytest.raises(type(error)):
+            connector.heartbeat(request)
+
+    beat(NetworkError("refused"))
+    assert connection.state is ConnectionState.SUSPENDED
+    # A transport failure mapped to a 5xx code, or one refused before sending: no news.
+    beat(ServerInternalError(500000, "stream reset"))
+    held = NetworkError("the stream is in its backoff")
+    held.not_sent = True
+    beat(held)
+    assert connection.state is ConnectionState.SUSPENDED
+    # A server that refused the call was reached.
+    beat(BadRequestError(400000, "UNIMPLEMENTED"))
+    assert connection.state is ConnectionState.CONNECTED
