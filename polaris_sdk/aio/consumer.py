@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 
+from polaris_sdk._closing import AsyncClosing
 from polaris_sdk._requests import coerce_request
 from polaris_sdk.aio.cache import AsyncServiceCache
 from polaris_sdk.aio.context import AsyncSDKContext
@@ -64,7 +64,7 @@ Listener = Callable[[ServiceChangeEvent], Any]
 StateListener = Callable[[ServiceKey, ConnectionState], Any]
 
 
-class AsyncConsumerAPI:
+class AsyncConsumerAPI(AsyncClosing):
     """The consumer facade over an :class:`~polaris_sdk.aio.AsyncSDKContext`."""
 
     def __init__(self, ctx: AsyncSDKContext) -> None:
@@ -234,17 +234,8 @@ class AsyncConsumerAPI:
         for breaker_listener in breaker_listeners:
             self._breakers.remove_listener(breaker_listener)
 
-    async def __aenter__(self) -> Self:
+    def _entering(self) -> None:
         self._ctx.check_loop()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         return f"<AsyncConsumerAPI {self._ctx!r}{' closed' if self.closed else ''}>"

@@ -34,10 +34,10 @@ import logging
 import os
 import threading
 from collections.abc import Awaitable, Callable, Sequence
-from types import TracebackType
-from typing import Any, Final, Self, TypeVar
+from typing import Any, Final, TypeVar
 
 from polaris_sdk import _fork
+from polaris_sdk._closing import AsyncClosing
 from polaris_sdk.aio.dispatch import AsyncMailbox
 from polaris_sdk.config import Configuration, load_config
 from polaris_sdk.connector import (
@@ -61,7 +61,7 @@ T = TypeVar("T")
 _RESTART_MAX: Final = 30.0
 
 
-class AsyncSDKContext:
+class AsyncSDKContext(AsyncClosing):
     """Owns what the asyncio facades share; build one with :meth:`create`."""
 
     def __init__(
@@ -273,17 +273,8 @@ class AsyncSDKContext:
         await self._connector.aclose()
         self._connection.close()
 
-    async def __aenter__(self) -> Self:
+    def _entering(self) -> None:
         self.check_loop()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"

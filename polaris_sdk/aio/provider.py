@@ -34,9 +34,9 @@ import math
 import os
 import signal
 from collections.abc import AsyncIterator, Callable, Iterable
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 
+from polaris_sdk._closing import AsyncClosing
 from polaris_sdk._requests import coerce_request
 from polaris_sdk.aio.context import AsyncSDKContext
 from polaris_sdk.aio.dispatch import AsyncMailbox
@@ -386,7 +386,7 @@ class AsyncRegisterFlow:
         return nxt
 
 
-class AsyncProviderAPI:
+class AsyncProviderAPI(AsyncClosing):
     """The asyncio twin of :class:`~polaris_sdk.provider.ProviderAPI`."""
 
     def __init__(
@@ -518,17 +518,8 @@ class AsyncProviderAPI:
         self._signals.clear()
         signal.raise_signal(sig)
 
-    async def __aenter__(self) -> Self:
+    def _entering(self) -> None:
         self._ctx.check_loop()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def _check_open(self) -> None:
         self._ctx.check_loop()
