@@ -55,18 +55,3 @@ def test_forked_child_starts_clean(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-
-
-def test_child_of_a_grpc_aio_parent_fails_clearly(own_server: PolarisTestServer) -> None:
-    # grpcio crashes a child whose parent used grpc.aio: the SDK refuses instead.
-    args = [own_server.grpc_address, "grpc", "aio-used", "fork-aio-used"]
-    out = subprocess.run(
-        [sys.executable, "-m", "tests.procs.fork_child", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    lines = out.stdout.splitlines()
-    assert lines, f"no answer from the child (exit {out.returncode}): {out.stderr}"
-    assert json.loads(lines[0]) == {"error": "ConfigError"}, out.stderr

@@ -88,28 +88,5 @@ def async_main() -> None:
     os._exit(0)
 
 
-def aio_used_main() -> None:
-    """The parent used grpc.aio: the child's calls must fail clearly, not crash."""
-
-    async def use() -> AsyncConsumerAPI:
-        consumer = AsyncConsumerAPI.create(**SETTINGS)
-        await consumer.get_all_instances(service=SERVICE)
-        return consumer
-
-    consumer = asyncio.new_event_loop().run_until_complete(use())
-    if os.fork():
-        os._exit(0)
-
-    async def child() -> None:
-        try:
-            await consumer.get_all_instances(service=SERVICE + "-2")
-        except Exception as exc:
-            say(error=type(exc).__name__)
-        await consumer.aclose()
-
-    asyncio.run(child())
-    os._exit(0)
-
-
 if __name__ == "__main__":
-    {"sync": sync_main, "async": async_main, "aio-used": aio_used_main}[FRONT]()
+    {"sync": sync_main, "async": async_main}[FRONT]()

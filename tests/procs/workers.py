@@ -21,7 +21,9 @@ ADDRESS, SERVICE, WORKERS, LEASE_DIR = sys.argv[1:5]
 def serve(provider: ProviderAPI) -> None:
     provider.register_instance(service=SERVICE, host="127.0.0.1", port=7100, ttl=1)
     provider.deregister_on_exit()
-    print(multiprocessing.current_process().pid, flush=True)
+    # One write per line, so the workers' lines never interleave in the pipe.
+    sys.stdout.write(f"{multiprocessing.current_process().pid}\n")
+    sys.stdout.flush()
     while True:
         signal.pause()
 

@@ -32,7 +32,13 @@ class Workers:
             text=True,
         )
         assert self.proc.stdout is not None
-        self.pids = [int(self.proc.stdout.readline()) for _ in range(2)]
+        self.pids: list[int] = []
+        for line in self.proc.stdout:  # each worker's pid once it has registered
+            if line.strip():
+                self.pids.append(int(line))
+            if len(self.pids) == 2:
+                break
+        assert len(self.pids) == 2, f"workers ended early: {self.pids}"
 
     @staticmethod
     def gone(pid: int) -> bool:
