@@ -23,7 +23,6 @@ differs:
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +34,7 @@ from polaris_sdk.cache.options import CacheOptions
 from polaris_sdk.cache.persist import DiskBackup
 from polaris_sdk.cache.reflector import ConnectionState, ReflectorDriver
 from polaris_sdk.cache.reflector_core import RoundKind
+from polaris_sdk.cache.service_cache import answer_from_backup
 from polaris_sdk.cache.store import Entry, ReplaceHook, Store
 from polaris_sdk.errors import (
     ClosedError,
@@ -48,7 +48,6 @@ from polaris_sdk.model import ServiceChangeEvent, ServiceInstances, ServiceKey
 
 __all__ = ["AsyncServiceCache"]
 
-logger = logging.getLogger("polaris_sdk.aio.cache")
 
 _SEVERITY = {ConnectionState.CONNECTED: 0, ConnectionState.SUSPENDED: 1, ConnectionState.LOST: 2}
 
@@ -269,18 +268,8 @@ class AsyncServiceCache:
             try:
                 await service.reflector.run_once(timeout or self.options.request_timeout)
             except (NetworkError, ServerInternalError) as exc:
-                backup = self._backup.load(key) if self._backup is not None else None
-                if backup is None:
+                if not answer_from_backup(self._backup, key, service.informer, exc):
                     raise
-                logger.warning(
-                    "%s: server unreachable (%s); answering from the disk backup "
-                    "(%d instances, %.0fs old) while retrying",
-                    key,
-                    exc,
-                    len(backup),
-                    backup.age,
-                )
-                service.informer.replace(backup)
         except BaseException as exc:
             self._services.pop(key, None)
             self._store.delete(key)

@@ -44,7 +44,7 @@ from polaris_sdk.errors import (
 from polaris_sdk.model import ServiceInstances, ServiceKey
 from polaris_sdk.observe import Observers
 
-__all__ = ["ServiceCache", "StateListener"]
+__all__ = ["ServiceCache", "StateListener", "answer_from_backup"]
 
 logger = logging.getLogger("polaris_sdk.cache.service_cache")
 
@@ -61,6 +61,29 @@ class _Service:
         self.reflector = reflector
         self.ready = threading.Event()
         self.error: BaseException | None = None
+
+
+def answer_from_backup(
+    backup: DiskBackup | None, key: ServiceKey, informer: Informer, error: BaseException
+) -> bool:
+    """After a first listing failed with ``error`` (the server unreachable): serve the
+    disk backup of ``key`` through ``informer`` if there is one; False if there is none.
+
+    Shared by the blocking cache and its asyncio twin.
+    """
+    snapshot = backup.load(key) if backup is not None else None
+    if snapshot is None:
+        return False
+    logger.warning(
+        "%s: server unreachable (%s); answering from the disk backup "
+        "(%d instances, %.0fs old) while retrying",
+        key,
+        error,
+        len(snapshot),
+        snapshot.age,
+    )
+    informer.replace(snapshot)
+    return True
 
 
 class ServiceCache:
@@ -283,18 +306,8 @@ class ServiceCache:
             try:
                 service.reflector.run_once(timeout)
             except (NetworkError, ServerInternalError) as exc:
-                backup = self._backup.load(key) if self._backup is not None else None
-                if backup is None:
+                if not answer_from_backup(self._backup, key, service.informer, exc):
                     raise
-                logger.warning(
-                    "%s: server unreachable (%s); answering from the disk backup "
-                    "(%d instances, %.0fs old) while retrying",
-                    key,
-                    exc,
-                    len(backup),
-                    backup.age,
-                )
-                service.informer.replace(backup)
         except BaseException as exc:
             service.error = exc
             with self._lock:
