@@ -38,6 +38,7 @@ import contextlib
 import dataclasses
 import datetime
 import gc
+import inspect
 import itertools
 import os
 import platform
@@ -173,35 +174,40 @@ async def per_call_async(fn: Callable[[], Awaitable[object]], budget: float) -> 
 class Tap:
     """Counts (and times) the calls a context's transport moves, by method.
 
-    Installed on the transport seam (``exchange(call, timeout)``), the one
-    place every naming call of either front end passes through.
+    Installed on the transport seam (``exchange(call, timeout)``, and
+    ``begin(call, timeout)`` where the transport pipelines), the one place
+    every naming call of either front end passes through.
     """
 
     def __init__(self, transport: Any, is_async: bool) -> None:
         self.counts: dict[str, int] = {}
         self.beats: list[tuple[str, float]] = []
-        real = transport.exchange
+        for name in ("exchange", "begin"):
+            real = getattr(transport, name, None)
+            if real is not None:
+                setattr(transport, name, self._wrap(real))
 
-        def note(call: Any) -> None:
-            method = call.method
-            self.counts[method] = self.counts.get(method, 0) + 1
-            if method == "Heartbeat":
-                self.beats.append((call.request.id.value, time.monotonic()))
+    def _note(self, call: Any) -> None:
+        method = call.method
+        self.counts[method] = self.counts.get(method, 0) + 1
+        if method == "Heartbeat":
+            self.beats.append((call.request.id.value, time.monotonic()))
 
-        if is_async:
+    def _wrap(self, real: Callable[..., Any]) -> Callable[..., Any]:
+        note = self._note
+        if inspect.iscoroutinefunction(real):
 
-            async def exchange_async(call: Any, timeout: float) -> Any:
+            async def tapped_async(call: Any, timeout: float) -> Any:
                 note(call)
                 return await real(call, timeout)
 
-            transport.exchange = exchange_async
-        else:
+            return tapped_async
 
-            def exchange(call: Any, timeout: float) -> Any:
-                note(call)
-                return real(call, timeout)
+        def tapped(call: Any, timeout: float) -> Any:
+            note(call)
+            return real(call, timeout)
 
-            transport.exchange = exchange
+        return tapped
 
     def count(self, method: str) -> int:
         return self.counts.get(method, 0)

@@ -13,7 +13,11 @@ Contract:
   work (revision checks, heartbeats) uses ``call_in_slot``: due times on a
   20 ms grid (up to one slot early), and the tasks of a slot run in turn on
   one worker in the order scheduled, so a thousand timers do not mean a
-  thousand thread hand-offs.
+  thousand thread hand-offs. A slotted task may return a continuation (a
+  callable): the worker runs every task of its batch first, then their
+  continuations in the same order. A task that sends a request and returns
+  the wait for its answer as its continuation thus puts all of a slot's
+  requests on the wire before waiting for any (pipelined).
 * Supervised: an exception in a task is logged (``polaris_sdk.scheduler``)
   and contained. An exception in the timer loop itself is logged and the loop
   restarts with backoff; if the timer thread ends anyway it is started again
@@ -52,7 +56,7 @@ from typing import Any, Final
 from polaris_sdk import _fork
 from polaris_sdk.errors import ClosedError
 
-__all__ = ["Scheduler", "TimerHandle"]
+__all__ = ["Continuation", "Scheduler", "TimerHandle"]
 
 logger = logging.getLogger("polaris_sdk.scheduler")
 
@@ -63,6 +67,9 @@ SLOT: Final = 0.02
 """Seconds per slot of :meth:`Scheduler.call_in_slot`."""
 SLOT_BATCH: Final = 32
 """Most slotted tasks handed to one worker at once."""
+
+Continuation = Callable[[], object]
+"""What a slotted task may return: the rest of its work, run once its batch has started."""
 
 
 class TimerHandle:
@@ -89,12 +96,21 @@ class TimerHandle:
         """Stop the call if it has not started; True if this call cancelled it."""
         return self._scheduler._cancel(self)
 
-    def _run(self) -> None:
+    def _run(self) -> Continuation | None:
+        """Run the call; its continuation if it is slotted and returned one."""
         if self._cancelled:
-            return
+            return None
         self._cancelled = True  # a handle runs once; cancel() after this is a no-op
         try:
-            self._fn(*self._args)
+            then = self._fn(*self._args)
+        except Exception:
+            logger.exception("scheduled task %s failed", _describe(self._fn))
+            return None
+        return then if self._batched and callable(then) else None
+
+    def _continue(self, then: Continuation) -> None:
+        try:
+            then()
         except Exception:
             logger.exception("scheduled task %s failed", _describe(self._fn))
 
@@ -122,7 +138,8 @@ class Scheduler:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=WORKER_PREFIX)
         self._timer: threading.Thread | None = None
         self._restarts = 0
-        self._running: dict[threading.Thread, str] = {}  # worker -> task, for close's report
+        self._running: dict[threading.Thread, Callable[..., Any]] = {}  # worker -> task, for close
+
         self._workers = workers
         _fork.track(self)
 
@@ -165,16 +182,7 @@ class Scheduler:
 
     def call_at(self, when: float, fn: Callable[..., Any], *args: Any) -> TimerHandle:
         """Run ``fn(*args)`` on a worker at ``when`` (on :attr:`clock`)."""
-        handle = TimerHandle(self, when, fn, args)
-        with self._cond:
-            if self._closed:
-                raise ClosedError("the scheduler is closed")
-            heapq.heappush(self._heap, (when, next(self._seq), handle))
-            handle._in_heap = True
-            if self._heap[0][2] is handle:
-                self._cond.notify()
-            self._ensure_timer()
-        return handle
+        return self._push(TimerHandle(self, when, fn, args))
 
     def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> TimerHandle:
         """Run ``fn(*args)`` on a worker after ``delay`` seconds."""
@@ -184,15 +192,27 @@ class Scheduler:
         """Like :meth:`call_at`, for short periodic work that may run up to :data:`SLOT`
         early: ``when`` is rounded down to the slot grid, and the tasks of one slot
         run one after another on one worker (at most :data:`SLOT_BATCH` per worker),
-        so many timers cost one wake-up and one hand-off per slot, not one each."""
+        so many timers cost one wake-up and one hand-off per slot, not one each.
+        ``fn`` may return a :data:`Continuation`, run after the rest of its batch."""
         # The small epsilon keeps a time already on the grid (in decimal) where it is.
-        handle = self.call_at(math.floor(when / SLOT + 1e-9) * SLOT, fn, *args)
+        handle = TimerHandle(self, math.floor(when / SLOT + 1e-9) * SLOT, fn, args)
         handle._batched = True
-        return handle
+        return self._push(handle)
 
     def call_later_in_slot(self, delay: float, fn: Callable[..., Any], *args: Any) -> TimerHandle:
         """:meth:`call_in_slot` ``delay`` seconds from now."""
         return self.call_in_slot(self._clock() + max(0.0, delay), fn, *args)
+
+    def _push(self, handle: TimerHandle) -> TimerHandle:
+        with self._cond:
+            if self._closed:
+                raise ClosedError("the scheduler is closed")
+            heapq.heappush(self._heap, (handle.when, next(self._seq), handle))
+            handle._in_heap = True
+            if self._heap[0][2] is handle:
+                self._cond.notify()
+            self._ensure_timer()
+        return handle
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
         """Run ``fn(*args)`` on a worker now; its exception is kept in the future."""
@@ -235,7 +255,10 @@ class Scheduler:
         workers = [t for t in list(self._executor._threads) if t is not current]
         for worker in workers:
             worker.join(max(0.0, deadline - time.monotonic()))
-        stuck = sorted(self._running.get(t, "?") for t in workers if t.is_alive())
+        running = self._running
+        stuck = sorted(
+            _describe(running[t]) if t in running else "?" for t in workers if t.is_alive()
+        )
         if stuck:
             logger.warning(
                 "scheduler closed with %d task(s) still running after %.1fs, left to finish: %s",
@@ -247,22 +270,33 @@ class Scheduler:
     # ----------------------------------------------------------- internal
 
     def _in_worker(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return self._tracked(_describe(fn), fn, *args)
-
-    def _run_handle(self, handle: TimerHandle) -> None:
-        self._tracked(_describe(handle._fn), handle._run)
-
-    def _run_batch(self, handles: list[TimerHandle]) -> None:
-        for handle in handles:
-            self._tracked(_describe(handle._fn), handle._run)
-
-    def _tracked(self, label: str, fn: Callable[..., Any], *args: Any) -> Any:
         me = threading.current_thread()
-        self._running[me] = label
+        self._running[me] = fn
         try:
             return fn(*args)
         finally:
             del self._running[me]
+
+    def _run_handle(self, handle: TimerHandle) -> None:
+        self._run_batch([handle])
+
+    def _run_batch(self, handles: list[TimerHandle]) -> None:
+        me = threading.current_thread()
+        running = self._running
+        later: list[tuple[TimerHandle, Continuation]] = []
+        try:
+            for handle in handles:
+                running[me] = handle._fn
+                then = handle._run()
+                if then is not None:
+                    later.append((handle, then))
+            # Newest first: a server answers in order, so once the last request
+            # sent has its answer the others have theirs, and the worker waits once.
+            for handle, then in reversed(later):
+                running[me] = handle._fn
+                handle._continue(then)
+        finally:
+            running.pop(me, None)
 
     def _cancel(self, handle: TimerHandle) -> bool:
         with self._cond:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -97,6 +97,51 @@ def test_slotted_tasks_run_at_their_slot_in_turn_on_one_worker(no_thread_leak: N
         wait_until(lambda: len(ran) == 4)
     finally:
         s.close()
+
+
+def test_a_slots_tasks_all_start_before_any_continuation(
+    no_thread_leak: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What pipelining rests on: every task of a slot sends before any waits."""
+    clock = FakeClock()
+    s = Scheduler(workers=4, clock=clock)
+    clock.wakes(s.wake)
+    ran: list[str] = []
+
+    def send(name: str) -> Callable[[], None]:
+        ran.append(f"send {name}")
+
+        def wait() -> None:
+            ran.append(f"wait {name}")
+            if name == "b":
+                raise RuntimeError("continuation failure")
+
+        return wait
+
+    try:
+        start = clock() - clock() % SLOT + 60
+        for name in "abc":
+            s.call_in_slot(start + 0.001, send, name)
+        done = threading.Event()
+        s.call_at(start + SLOT, done.set)  # not slotted: its return value is not called
+        with caplog.at_level(logging.ERROR, logger="polaris_sdk.scheduler"):
+            clock.advance(start + SLOT - clock())
+            assert done.wait(5)
+            wait_until(lambda: len(ran) == 6)
+        # The newest request is answered last: waiting for it first waits once.
+        assert ran == ["send a", "send b", "send c", "wait c", "wait b", "wait a"]
+        assert "continuation failure" in caplog.text  # logged and contained
+    finally:
+        s.close()
+
+
+def test_a_continuation_returned_by_an_unslotted_task_is_not_run(scheduler: Scheduler) -> None:
+    ran: list[str] = []
+    done = threading.Event()
+    scheduler.call_later(0, lambda: lambda: ran.append("continued"))
+    scheduler.call_later(0.02, done.set)
+    assert done.wait(5)
+    assert ran == []
 
 
 def test_a_cancelled_task_never_runs(scheduler: Scheduler) -> None:

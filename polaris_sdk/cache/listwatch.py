@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from polaris_sdk.connector.state import Connection, ConnectionState
@@ -152,25 +153,61 @@ class ListerWatcher:
         self, key: ServiceKey, timeout: float | None = None, *, urgent: bool = False
     ) -> ServiceInstances:
         """The full current snapshot of ``key``."""
-        result = self._discover(key, MISSING_REVISION, timeout, urgent)
-        # A server that answers "unchanged" to an empty revision breaks the
-        # protocol; treat it like an unknown service rather than hang on it.
-        return result if result is not None else missing_service(key)
+        return self.begin_list(key, timeout, urgent=urgent)()
 
     def watch(
         self, key: ServiceKey, revision: str, timeout: float | None = None
     ) -> ServiceInstances | None:
         """The new snapshot of ``key`` if it changed since ``revision``, else None."""
-        return self._discover(key, revision, timeout, False)
+        return self.begin_watch(key, revision, timeout)()
 
-    def _discover(
+    def begin_list(
+        self, key: ServiceKey, timeout: float | None = None, *, urgent: bool = False
+    ) -> Callable[[], ServiceInstances]:
+        """:meth:`list`, its request sent now; the function returned waits for the answer."""
+        wait = self._begin(key, MISSING_REVISION, timeout, urgent)
+
+        def listed() -> ServiceInstances:
+            result = wait()
+            # A server that answers "unchanged" to an empty revision breaks the
+            # protocol; treat it like an unknown service rather than hang on it.
+            return result if result is not None else missing_service(key)
+
+        return listed
+
+    def begin_watch(
+        self, key: ServiceKey, revision: str, timeout: float | None = None
+    ) -> Callable[[], ServiceInstances | None]:
+        """:meth:`watch`, its request sent now; the function returned waits for the answer."""
+        return self._begin(key, revision, timeout, False)
+
+    def _begin(
         self, key: ServiceKey, revision: str, timeout: float | None, urgent: bool
-    ) -> ServiceInstances | None:
-        probe = self.gate.enter(urgent)
+    ) -> Callable[[], ServiceInstances | None]:
+        """Send the Discover request (where the lister can begin one) and return the rest."""
         try:
-            result = self._lister.discover_instances(
-                key, revision, timeout if timeout is not None else self.timeout
-            )
+            probe = self.gate.enter(urgent)
+        except GateClosedError as exc:
+            refused = exc
+
+            def closed() -> ServiceInstances | None:
+                raise refused
+
+            return closed
+        timeout = timeout if timeout is not None else self.timeout
+        begin = getattr(self._lister, "begin_discover", None)
+        if begin is not None:
+            wait: Callable[[], ServiceInstances | None] = begin(key, revision, timeout)
+        else:
+            lister = self._lister
+            wait = lambda: lister.discover_instances(key, revision, timeout)  # noqa: E731
+        return lambda: self._judge(key, probe, wait)
+
+    def _judge(
+        self, key: ServiceKey, probe: bool, wait: Callable[[], ServiceInstances | None]
+    ) -> ServiceInstances | None:
+        try:
+            result = wait()
         except ResourceNotFoundError:
             self.gate.succeeded(probe)
             return missing_service(key)

@@ -9,7 +9,9 @@ Guarantees:
 * No thread of its own: each round is one task on the context's scheduler,
   which schedules the next round when it ends, so a thousand idle services
   cost a thousand heap entries, not a thousand threads. Rounds of one
-  service never overlap.
+  service never overlap. A round sends its request, then leaves the wait for
+  the answer to the scheduler as its continuation, so the rounds due in one
+  slot are pipelined on the Discover stream.
 * Failures never reach the cache's readers: the last snapshot stays in
   place and the loop backs off. Any exception, including a bug, is logged
   and the loop goes on; only :meth:`Reflector.stop` ends it. The next round
@@ -41,6 +43,7 @@ from polaris_sdk.cache.reflector_core import (
 from polaris_sdk.errors import ClosedError, PolarisError
 from polaris_sdk.model import ServiceInstances, ServiceKey
 from polaris_sdk.observe import Observers
+from polaris_sdk.scheduler import Continuation
 
 __all__ = [
     "Cancellable",
@@ -52,6 +55,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger("polaris_sdk.cache.reflector")
+
+Discovered = tuple[ServiceInstances | None, ServiceInstances | None]
+"""A round's result: the snapshot it started from and the answer (None: unchanged)."""
 
 
 class Cancellable(Protocol):
@@ -211,7 +217,7 @@ class Reflector(ReflectorDriver):
         call of a consumer answers within its own timeout.
         """
         try:
-            current, result = self._discover(timeout, urgent=True)
+            current, result = self._begin(timeout, urgent=True)()
         except PolarisError as exc:
             self._failed(exc)
             raise
@@ -232,29 +238,47 @@ class Reflector(ReflectorDriver):
 
     # ------------------------------------------------------------------ loop
 
-    def _tick(self) -> None:
+    def _tick(self) -> Continuation | None:
+        """A slotted round: sends its request, returns the rest (the scheduler
+        runs it once the other rounds due in the slot have sent theirs)."""
         with self._lock:
             if self._stopped:
-                return
+                return None
             self._handle = None
         try:
-            self._guarded_round()
+            wait = self._begin(None)
+        except Exception as exc:
+            failed = exc
+            self._guarded(lambda: self._failed_unexpectedly(failed))
+            self._rearm()
+            return None
+        return lambda: self._finish(wait)
+
+    def _finish(self, wait: Callable[[], Discovered]) -> None:
+        try:
+            self._guarded(lambda: self._complete(wait))
         finally:
             # Whatever happened above (a bug in the bookkeeping, a broken
             # sink), the loop must not end here: only stop() ends it.
             self._rearm()
 
-    def _guarded_round(self) -> None:
+    def _complete(self, wait: Callable[[], Discovered]) -> None:
         try:
-            try:
-                current, result = self._discover(None)
-            except PolarisError as exc:
-                self._failed(exc)
-            except Exception as exc:
-                logger.exception("refresh of %s failed unexpectedly; backing off", self.key)
-                self._failed(exc)
-            else:
-                self._succeeded(current, result)
+            current, result = wait()
+        except PolarisError as exc:
+            self._failed(exc)
+        except Exception as exc:
+            self._failed_unexpectedly(exc)
+        else:
+            self._succeeded(current, result)
+
+    def _failed_unexpectedly(self, exc: Exception) -> None:
+        logger.exception("refresh of %s failed unexpectedly; backing off", self.key)
+        self._failed(exc)
+
+    def _guarded(self, record: Callable[[], None]) -> None:
+        try:
+            record()
         except Exception:
             logger.exception("recording the refresh of %s failed; the loop goes on", self.key)
 
@@ -285,12 +309,12 @@ class Reflector(ReflectorDriver):
                     self.key,
                 )
 
-    def _discover(
-        self, timeout: float | None, urgent: bool = False
-    ) -> tuple[ServiceInstances | None, ServiceInstances | None]:
+    def _begin(self, timeout: float | None, urgent: bool = False) -> Callable[[], Discovered]:
+        """Send this round's Discover request; the function returned waits for its answer."""
         current, round_ = self._next_round()
+        wait: Callable[[], ServiceInstances | None]
         if round_.kind is RoundKind.LIST:
-            result: ServiceInstances | None = self._lw.list(self.key, timeout, urgent=urgent)
+            wait = self._lw.begin_list(self.key, timeout, urgent=urgent)
         else:
-            result = self._lw.watch(self.key, round_.revision, timeout)
-        return current, result
+            wait = self._lw.begin_watch(self.key, round_.revision, timeout)
+        return lambda: (current, wait())

@@ -53,11 +53,12 @@ Contract:
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Final, Generic, TypeVar
 
 import grpc
@@ -294,8 +295,15 @@ class _DiscoverStream:
         self._last_error: PolarisError | None = None
 
     def exchange(self, request: Any, deadline: float) -> Any:
+        return self.begin(request, deadline)()
+
+    def begin(self, request: Any, deadline: float) -> Callable[[], Any]:
+        """Queue ``request`` now; the function returned waits for its answer."""
         waiter = _Waiter()
         call = self._send(request, waiter, deadline)
+        return lambda: self._wait(call, waiter, deadline)
+
+    def _wait(self, call: _Call, waiter: _Waiter, deadline: float) -> Any:
         if not waiter.event.wait(max(0.0, deadline - time.monotonic())):
             self._no_answer(call, waiter)
             raise PolarisTimeoutError(f"{call.endpoint.address}: Discover: no answer in time")
@@ -559,10 +567,37 @@ class GrpcTransport(GrpcSettings[_Channel]):
         if call.is_discover:
             return self._discover_stream.exchange(call.request, time.monotonic() + timeout)
         ep = self.endpoints.pick()
-        try:
+        with self._unary_errors(ep):
             resp = ep.handle.unary(call.method)(
                 call.request, timeout=timeout, metadata=self.metadata()
             )
+        self.endpoints.mark_up(ep)
+        return resp
+
+    def begin(self, call: Call, timeout: float) -> Callable[[], Any]:
+        """Send ``call`` now (Discover on the stream, a unary as a future); the
+        function returned waits for the answer, raising what :meth:`exchange` would."""
+        if call.is_discover:
+            return self._discover_stream.begin(call.request, time.monotonic() + timeout)
+        ep = self.endpoints.pick()
+        with self._unary_errors(ep):
+            future = ep.handle.unary(call.method).future(
+                call.request, timeout=timeout, metadata=self.metadata()
+            )
+
+        def wait() -> Any:
+            with self._unary_errors(ep):
+                resp = future.result()
+            self.endpoints.mark_up(ep)
+            return resp
+
+        return wait
+
+    @contextlib.contextmanager
+    def _unary_errors(self, ep: _Endpoint) -> Iterator[None]:
+        """Map what grpc raises for a unary call on ``ep`` to PolarisError."""
+        try:
+            yield
         except grpc.RpcError as err:
             note_failure(self.endpoints, ep, err)
             raise map_rpc_error(err, ep.address) from None
@@ -571,8 +606,6 @@ class GrpcTransport(GrpcSettings[_Channel]):
             if self._closed:
                 raise ClosedError("the connector is closed") from None
             raise NetworkError(f"{ep.address}: {err}") from None
-        self.endpoints.mark_up(ep)
-        return resp
 
 
 class GrpcConnector(NamingConnector):

@@ -104,6 +104,13 @@ class _Replay:
         return first
 
 
+def _raising(error: BaseException) -> Callable[[], Any]:
+    def wait() -> Any:
+        raise error
+
+    return wait
+
+
 class _Core:
     """What both drivers share: settings, the open check and the outcome bookkeeping."""
 
@@ -214,29 +221,102 @@ class NamingConnector(_Core):
     def call(self, call: Call, timeout: float | None = None) -> Any:
         """Send ``call`` until judged a success, a final failure, or the deadline passes."""
         budget, deadline = self._deadline(timeout)
+        try:
+            return self._attempt(call, budget, deadline)
+        except PolarisError as exc:
+            return self._retry(call, budget, deadline, exc)
 
-        def attempt() -> Any:
-            wait = self._remaining(call, budget, deadline)
+    def begin(self, call: Call, timeout: float | None = None) -> Callable[[], Any]:
+        """Send ``call``'s first attempt now; the function returned waits for its answer.
+
+        Waiting judges the answer and retries like :meth:`call` (the deadline
+        counts from now). Calls begun one after another before any is waited
+        for share their round trips: pipelined on the Discover stream,
+        concurrent unaries. Never raises: a failure to send is raised by the
+        wait. A transport without ``begin`` makes the whole exchange there.
+        """
+        if self._closed:
+            return _raising(ClosedError("the connector is closed"))
+        budget, deadline = self._deadline(timeout)
+        start = getattr(self._transport, "begin", None)
+        if start is None:
+            return lambda: self._finish(call, budget, deadline, None)
+        try:
+            wait = start(call, self._remaining(call, budget, deadline))
+        except PolarisError as exc:
+            failed = exc
+            return lambda: self._fail(call, budget, deadline, failed)
+        return lambda: self._finish(call, budget, deadline, wait)
+
+    def begin_heartbeat(
+        self, req: InstanceHeartbeatRequest, *, timeout: float | None = None
+    ) -> Callable[[], None]:
+        """:meth:`heartbeat`, begun (see :meth:`begin`)."""
+        wait = self.begin(calls.heartbeat(req), timeout)
+
+        def beat() -> None:
+            wait()
+
+        return beat
+
+    def begin_register(
+        self, req: InstanceRegisterRequest, ttl: int | None, *, timeout: float | None = None
+    ) -> Callable[[], InstanceRegisterResponse]:
+        """:meth:`register_instance`, begun (see :meth:`begin`)."""
+        wait = self.begin(calls.register(req, ttl), timeout)
+        return lambda: calls.register_result(req, wait())
+
+    def begin_discover(
+        self, key: ServiceKey, revision: str = "", timeout: float | None = None
+    ) -> Callable[[], ServiceInstances | None]:
+        """:meth:`discover_instances`, begun (see :meth:`begin`)."""
+        wait = self.begin(calls.discover(key, revision), timeout)
+        return lambda: calls.discover_result(key, wait())
+
+    # ------------------------------------------------------------- internal
+
+    def _attempt(self, call: Call, budget: float, deadline: float) -> Any:
+        wait = self._remaining(call, budget, deadline)
+        try:
+            answer = self._transport.exchange(call, wait)
+        except BaseException as exc:
+            self._record(exc)
+            raise
+        self._record(None)
+        return call.judge(answer)
+
+    def _finish(
+        self, call: Call, budget: float, deadline: float, wait: Callable[[], Any] | None
+    ) -> Any:
+        """The rest of a begun call: its first attempt's answer (or the attempt), then retries."""
+        try:
+            if wait is None:
+                return self._attempt(call, budget, deadline)
             try:
-                answer = self._transport.exchange(call, wait)
+                answer = wait()
             except BaseException as exc:
                 self._record(exc)
                 raise
             self._record(None)
             return call.judge(answer)
-
-        try:
-            return attempt()
         except PolarisError as exc:
-            if not is_retriable(exc) or self._policy.max_retries == 0:
-                raise
-            replay = _Replay(exc)
+            return self._retry(call, budget, deadline, exc)
+
+    def _fail(self, call: Call, budget: float, deadline: float, error: PolarisError) -> Any:
+        self._record(error)
+        return self._retry(call, budget, deadline, error)
+
+    def _retry(self, call: Call, budget: float, deadline: float, first: PolarisError) -> Any:
+        """Retry ``call`` after its first attempt failed with ``first`` (raised if final)."""
+        if not is_retriable(first) or self._policy.max_retries == 0:
+            raise first
+        replay = _Replay(first)
 
         def again() -> Any:
-            first = replay.take()
-            if first is not None:
-                raise first
-            return attempt()
+            failed = replay.take()
+            if failed is not None:
+                raise failed
+            return self._attempt(call, budget, deadline)
 
         retrying = Retrying(**self._policy.tenacity_args(budget, call.label))
         return retrying(again)

@@ -8,8 +8,11 @@ Contract:
   instance's :class:`~polaris_sdk.provider.core.RegistrationCore`, on the
   scheduler's clock, so a test's fake clock drives the whole loop.
 * A step runs on a scheduler worker, with a deadline of
-  ``min(global.api.timeout, ttl)``. Its outcome goes to the core, which
-  names the next step; the driver arms it, logs what the registration's
+  ``min(global.api.timeout, ttl)``, in two parts: it is sent, then its
+  answer is waited for in the step's continuation, so the steps due in one
+  slot are on the wire together (concurrent unaries), not one after
+  another. Its outcome goes to the core, which names the next step; the
+  driver arms it, logs what the registration's
   :class:`~polaris_sdk.provider.core.StepReporter` says (a recovery at the
   level its failure was), and hands a changed status to ``notify``, which
   must not block (it posts to the listeners' mailboxes).
@@ -28,7 +31,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from polaris_sdk.connector.base import HeartbeatSender
 from polaris_sdk.errors import ClosedError, PolarisError
@@ -42,7 +45,7 @@ from polaris_sdk.provider.core import (
     Step,
 )
 from polaris_sdk.provider.registry import Registration
-from polaris_sdk.scheduler import Scheduler
+from polaris_sdk.scheduler import Continuation, Scheduler
 
 __all__ = ["HeartbeatDriver", "Notify", "ThreadedRegistration"]
 
@@ -84,6 +87,8 @@ class HeartbeatDriver:
     ) -> None:
         self._observers = observers or Observers()
         self._connector = connector
+        self._begin_heartbeat = _beginner(connector, "heartbeat", connector.heartbeat)
+        self._begin_register = _beginner(connector, "register", connector.register_instance)
         self._scheduler = scheduler
         self._api_timeout = api_timeout
         self._notify = notify
@@ -137,58 +142,124 @@ class HeartbeatDriver:
 
     # ------------------------------------------------------------ internal
 
-    def _tick(self, reg: ThreadedRegistration, step: Step) -> None:
+    def _tick(self, reg: ThreadedRegistration, step: Step) -> Continuation | None:
+        """A slotted step: sends it and returns the rest (run by the scheduler once
+        the other steps due in the slot have sent theirs)."""
+        try:
+            begun = self._begin(reg, step)
+        except Exception:
+            self._failed_unexpectedly(reg, step)
+            self.start(reg, Step(step.action, self.now() + reg.core.ttl))
+            return None
+        if begun is None:
+            return None
+        return lambda: self._finish(reg, step, begun)
+
+    def _finish(self, reg: ThreadedRegistration, step: Step, begun: _Begun) -> None:
         # Whatever fails below, the loop goes on: by default the same step
         # again one TTL from now.
         nxt: Step | None = Step(step.action, self.now() + reg.core.ttl)
         try:
-            nxt = self._run(reg, step)
+            nxt = self._complete(reg, step, begun)
         except Exception:
-            logger.exception(
-                "%s of %s failed unexpectedly; trying again in %ss",
-                step.action.value,
-                reg.instance_id,
-                reg.core.ttl,
-            )
+            self._failed_unexpectedly(reg, step)
         finally:
             if nxt is not None:
                 self.start(reg, nxt)
 
-    def _run(self, reg: ThreadedRegistration, step: Step) -> Step | None:
-        """Send the step and decide the next one; None if ``reg`` was stopped."""
+    def _failed_unexpectedly(self, reg: ThreadedRegistration, step: Step) -> None:
+        logger.exception(
+            "%s of %s failed unexpectedly; trying again in %ss",
+            step.action.value,
+            reg.instance_id,
+            reg.core.ttl,
+        )
+
+    def _begin(self, reg: ThreadedRegistration, step: Step) -> _Begun | None:
+        """Take ``reg``'s wire lock and send the step; None if ``reg`` was stopped.
+
+        The lock is released by :meth:`_complete`, which must follow.
+        """
         lateness = self.now() - step.at
-        with reg.io_lock:
+        reg.io_lock.acquire()
+        try:
             with reg.lock:
                 if reg.stopped:
+                    reg.io_lock.release()
                     return None
                 before = reg.core.state
-            error = self._send(reg, step)
+            return _Begun(before, lateness, self._send(reg, step))
+        except BaseException:
+            reg.io_lock.release()
+            raise
+
+    def _complete(self, reg: ThreadedRegistration, step: Step, begun: _Begun) -> Step | None:
+        """Wait for the step's answer and decide the next one; None if ``reg`` was stopped."""
+        try:
+            error = self._outcome(reg, step, begun.wait)
             with reg.lock:
                 if reg.stopped:
                     return None
                 now = self.now()
                 nxt = reg.core.step_done(step, error, now)
                 status = reg.core.status()
-                line = reg.reporter.report(step, before, status, nxt.at - now)
+                line = reg.reporter.report(step, begun.before, status, nxt.at - now)
+        finally:
+            reg.io_lock.release()
         if line is not None:
             logger.log(line.level, line.message, *line.args)
-        if status.state is not before:
+        if status.state is not begun.before:
             self._notify(status, reg.owner)
         if step.action is Action.HEARTBEAT and self._observers.heartbeats:
-            self._observers.heartbeat(status, lateness, error is None)
+            self._observers.heartbeat(status, begun.lateness, error is None)
         return nxt
 
-    def _send(self, reg: ThreadedRegistration, step: Step) -> PolarisError | None:
+    def _send(self, reg: ThreadedRegistration, step: Step) -> Callable[[], object]:
+        """Put the step on the wire; the function returned waits for its answer."""
         core = reg.core
         timeout = min(self._api_timeout, float(core.ttl))
         try:
             if step.action is Action.HEARTBEAT:
-                self._connector.heartbeat(reg.heartbeat_req, timeout=timeout)
-            else:
-                self._connector.register_instance(core.request, core.ttl, timeout=timeout)
+                return self._begin_heartbeat(reg.heartbeat_req, timeout=timeout)
+            return self._begin_register(core.request, core.ttl, timeout=timeout)
+        except Exception as exc:
+            failed = exc
+
+            def raising() -> object:
+                raise failed
+
+            return raising
+
+    def _outcome(
+        self, reg: ThreadedRegistration, step: Step, wait: Callable[[], object]
+    ) -> PolarisError | None:
+        try:
+            wait()
         except PolarisError as exc:
             return exc
         except Exception as exc:  # a bug below must not end the loop silently
-            logger.exception("%s of %s failed unexpectedly", step.action.value, core.instance_id)
+            logger.exception("%s of %s failed unexpectedly", step.action.value, reg.instance_id)
             return PolarisError(f"unexpected failure: {exc!r}")
         return None
+
+
+class _Begun(NamedTuple):
+    """A step on the wire: the state before it, how late it left, and its wait."""
+
+    before: RegistrationState
+    lateness: float
+    wait: Callable[[], object]
+
+
+def _beginner(
+    connector: object, name: str, blocking: Callable[..., object]
+) -> Callable[..., Callable[[], object]]:
+    """The connector's ``begin_<name>``; else one that makes the blocking call when waited on."""
+    begin: Callable[..., Callable[[], object]] | None = getattr(connector, f"begin_{name}", None)
+    if begin is not None:
+        return begin
+
+    def deferred(*args: object, **kwargs: object) -> Callable[[], object]:
+        return lambda: blocking(*args, **kwargs)
+
+    return deferred

@@ -70,6 +70,8 @@ class ManualScheduler:
         while self.pending:
             delay, fn, args, handle = self.pending.pop(0)
             if not handle.cancelled:
-                fn(*args)
+                then = fn(*args)
+                if callable(then):  # a slotted task's continuation (Scheduler.call_in_slot)
+                    then()
                 return delay
         raise AssertionError("nothing scheduled")

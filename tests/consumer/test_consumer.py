@@ -68,7 +68,7 @@ def test_first_call_lists_once_and_later_calls_stay_local(
 ) -> None:
     provider.register(service="echo", host=HOST, port=8001)
     ctx = make_context(refresh_interval=60)  # no background refresh during the test
-    spy = mocker.spy(ctx.connector, "discover_instances")
+    spy = mocker.spy(ctx.connector, "begin_discover")  # every Discover of the cache
     consumer = ConsumerAPI(ctx)
     assert ports(consumer.get_all_instances(service="echo")) == [8001]
     assert spy.call_count == 1

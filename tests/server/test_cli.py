@@ -59,8 +59,11 @@ class Cli:
     def finish(self) -> int:
         if not self._reader.is_alive() and self.process.returncode is not None:
             return self.process.returncode
+        hung = False
         try:
             code = self.process.wait(timeout=DEADLINE)
+        except subprocess.TimeoutExpired:
+            hung = True
         finally:
             if self.process.poll() is None:
                 self.process.kill()
@@ -68,6 +71,10 @@ class Cli:
             self._reader.join()
         while (line := self.lines.get_nowait()) is not None:
             self.output.append(line)
+        if hung:
+            raise AssertionError(
+                f"server still running {DEADLINE}s later; its log:\n" + "".join(self.output)
+            )
         return code
 
 
