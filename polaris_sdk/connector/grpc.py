@@ -249,13 +249,24 @@ def note_failure(endpoints: Endpoints[Any], ep: Endpoint[Any], err: grpc.RpcErro
 
 
 class _Waiter:
-    __slots__ = ("error", "event", "response", "sent_at")
+    """One request's wait for its answer; :meth:`answered` is called once, by whoever
+    takes the waiter off its call's queue (the reader, or the end of the call)."""
+
+    __slots__ = ("_done", "error", "response", "sent_at")
 
     def __init__(self) -> None:
-        self.event = threading.Event()
+        # A held lock released once: lighter than an Event, and waits the same.
+        self._done = threading.Lock()
+        self._done.acquire()
         self.response: Any = None
         self.error: PolarisError | None = None
         self.sent_at = 0.0
+
+    def answered(self) -> None:
+        self._done.release()
+
+    def wait(self, timeout: float) -> bool:
+        return self._done.acquire(timeout=timeout)
 
 
 _END: Final = object()
@@ -304,7 +315,7 @@ class _DiscoverStream:
         return lambda: self._wait(call, waiter, deadline)
 
     def _wait(self, call: _Call, waiter: _Waiter, deadline: float) -> Any:
-        if not waiter.event.wait(max(0.0, deadline - time.monotonic())):
+        if not waiter.wait(max(0.0, deadline - time.monotonic())):
             self._no_answer(call, waiter)
             raise PolarisTimeoutError(f"{call.endpoint.address}: Discover: no answer in time")
         if waiter.error is not None:
@@ -405,7 +416,7 @@ class _DiscoverStream:
                     logger.warning("Discover answer with no request waiting; dropped")
                     continue
                 waiter.response = response
-                waiter.event.set()
+                waiter.answered()
             with self._lock:
                 # A retired call ends this way once it has answered everything.
                 clean = call is not self._current and not call.waiters
@@ -497,7 +508,7 @@ class _DiscoverStream:
         call.call.cancel()
         for index, waiter in enumerate(waiters):
             waiter.error = first if index == 0 and first is not None else error
-            waiter.event.set()
+            waiter.answered()
         return True
 
     def close(self) -> None:
