@@ -84,7 +84,7 @@ class _AsyncReflector(ReflectorDriver):
             key,
             sink,
             options,
-            clock=lambda: asyncio.get_running_loop().time(),
+            clock=ctx.time,
             observers=ctx.observers,
         )
         self._ctx = ctx

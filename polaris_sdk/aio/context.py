@@ -247,6 +247,16 @@ class AsyncSDKContext(AsyncClosing):
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, _RESTART_MAX)
 
+    def time(self) -> float:
+        """The loop's clock (``loop.time()``), read without the loop check of :attr:`loop`.
+
+        For the context's own work, which runs on its loop once it is bound:
+        asking for the running loop each time costs a system call on some
+        Pythons.
+        """
+        loop = self._loop
+        return loop.time() if loop is not None else asyncio.get_running_loop().time()
+
     @property
     def slots(self) -> SlotRunner:
         """The slot runner heartbeats and revision checks are scheduled on (made on first use)."""

@@ -88,12 +88,13 @@ _Delivery = tuple[RegistrationStatus, object]
 class _AsyncRegistration(Registration):
     """A registration with the asyncio driver's own state: the step on the wire."""
 
-    __slots__ = ("on_wire",)
+    __slots__ = ("in_flight", "landed")
 
     def __init__(self, core: RegistrationCore, owner: object, heartbeats: bool) -> None:
         super().__init__(core, owner, heartbeats)
-        # Done once the heartbeat or re-registration on the wire is judged; None if none is.
-        self.on_wire: asyncio.Future[None] | None = None
+        self.in_flight = False  # a heartbeat or re-registration is on the wire
+        # Made by whoever waits for the step on the wire; done once it is judged.
+        self.landed: asyncio.Future[None] | None = None
 
 
 class AsyncRegisterFlow:
@@ -303,7 +304,7 @@ class AsyncRegisterFlow:
     # -------------------------------------------------------------- internal
 
     def _now(self) -> float:
-        return asyncio.get_running_loop().time()
+        return self._ctx.time()
 
     def _start(self, reg: _AsyncRegistration, step: Step) -> None:
         reg.stopped = False
@@ -323,8 +324,10 @@ class AsyncRegisterFlow:
         handle, reg.handle = reg.handle, None
         if handle is not None:
             handle.cancel()
-        if reg.on_wire is not None:
-            await asyncio.shield(reg.on_wire)
+        if reg.in_flight:
+            if reg.landed is None:
+                reg.landed = asyncio.get_running_loop().create_future()
+            await asyncio.shield(reg.landed)
         changed = reg.core.state is not RegistrationState.DEREGISTERED
         reg.core.stop()
         if changed:
@@ -376,7 +379,7 @@ class AsyncRegisterFlow:
                 pending = self._connector.begin_register(core.request, core.ttl, timeout=timeout)
         except Exception as exc:  # judged below like any failure of the step
             pending = Later(_raising, exc)
-        reg.on_wire = asyncio.get_running_loop().create_future()
+        reg.in_flight = True
         return Later(self._judge, reg, step, pending, lateness)
 
     async def _judge(
@@ -411,9 +414,10 @@ class AsyncRegisterFlow:
             if nxt is step:
                 nxt = Step(step.action, self._now() + _BUG_BACKOFF)
         finally:
-            on_wire, reg.on_wire = reg.on_wire, None
-            if on_wire is not None and not on_wire.done():
-                on_wire.set_result(None)
+            reg.in_flight = False
+            landed, reg.landed = reg.landed, None
+            if landed is not None and not landed.done():
+                landed.set_result(None)
         self._schedule(reg, nxt)
 
 

@@ -134,7 +134,7 @@ class SlotRunner:
 
     def call_later(self, delay: float, first: FirstPart) -> SlotHandle:
         """:meth:`call_at` ``delay`` seconds from now."""
-        return self.call_at(asyncio.get_running_loop().time() + max(0.0, delay), first)
+        return self.call_at(self._ctx.time() + max(0.0, delay), first)
 
     # ------------------------------------------------------------ internal
 

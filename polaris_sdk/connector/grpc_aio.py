@@ -132,6 +132,7 @@ class _StreamCall:
         "call",
         "ended",
         "endpoint",
+        "loop",
         "outbox",
         "reader",
         "waiters",
@@ -149,6 +150,7 @@ class _StreamCall:
         self.reader: asyncio.Task[None] | None = None
         self.writer: asyncio.Task[None] | None = None
         self.wake: asyncio.Future[None] | None = None  # the idle writer waits on it
+        self.loop = asyncio.get_running_loop()  # the stream's, read once
 
 
 class _AioDiscoverStream:
@@ -188,7 +190,7 @@ class _AioDiscoverStream:
             if self._retry_at > now:
                 return None
             call = self._open()
-        loop = asyncio.get_running_loop()
+        loop = call.loop
         waiter = _Waiter(loop.create_future(), None)
         waiter.timer = loop.call_later(max(0.0, deadline - now), self._expire, call, waiter)
         call.waiters.append(waiter)
