@@ -61,6 +61,8 @@ __all__ = ["AioGrpcTransport"]
 logger = logging.getLogger("polaris_sdk.connector.grpc_aio")
 
 _STREAM_BACKOFF_MAX: Final = 5.0
+_WRITER_GRACE: Final = 1.0
+"""Seconds ``aclose()`` lets a writer end its write on the cancelled stream before cancelling it."""
 
 
 class _AioChannel:
@@ -250,7 +252,7 @@ class _AioDiscoverStream:
                 continue
             try:
                 await call.call.write(outbox.popleft())
-            except (grpc.RpcError, asyncio.InvalidStateError) as err:
+            except Exception as err:  # grpc.RpcError, InvalidStateError on an ended call
                 # The reader sees the same failure and fails the waiters.
                 logger.debug("Discover write failed: %r", err)
                 outbox.clear()
@@ -331,9 +333,12 @@ class _AioDiscoverStream:
                 self._last_error = error
                 logger.warning("Discover stream broken: %s", error)
         call.call.cancel()
-        if call.writer is not None:
-            call.writer.cancel()
+        # The writer is not cancelled in a write (grpc would finish that write after
+        # the loop may be gone): the cancelled call fails it, and an idle writer wakes
+        # up to find the stream ended.
         call.outbox.clear()
+        if call.wake is not None and not call.wake.done():
+            call.wake.set_result(None)
         for index, waiter in enumerate(call.waiters):
             if waiter.timer is not None:
                 waiter.timer.cancel()
@@ -349,9 +354,15 @@ class _AioDiscoverStream:
         calls = list(self._calls)
         for call in calls:
             self._end(call, ClosedError("the connector is closed"), penalize=False)
-        tasks = [t for c in calls for t in (c.reader, c.writer) if t is not None]
-        for task in tasks:
-            task.cancel()
+        readers = [c.reader for c in calls if c.reader is not None]
+        for reader in readers:
+            reader.cancel()
+        writers = [c.writer for c in calls if c.writer is not None and not c.writer.done()]
+        if writers:
+            _, stuck = await asyncio.wait(writers, timeout=_WRITER_GRACE)
+            for writer in stuck:
+                writer.cancel()
+        tasks = readers + writers
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
