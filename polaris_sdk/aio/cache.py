@@ -12,22 +12,25 @@ differs:
   reads are a dictionary lookup, no await needed.
 * If the first listing cannot reach the server and a disk backup exists, the
   backup answers (``from_backup=True``), as in the sync cache.
-* Each cached service is one supervised task on the context's loop
-  (:meth:`AsyncSDKContext.spawn`) sleeping between revision checks; no
-  thread. Listeners (plain or ``async def``) are called on the loop, each
-  through its own mailbox.
-* ``aclose()`` stops every task and mailbox; later requests raise
+* Each cached service is an entry of the context's slot runner
+  (:class:`~polaris_sdk.aio.slots.SlotRunner`): the revision checks due in
+  one 20 ms slot are all sent on the Discover stream before any answer is
+  awaited; no task per service, no thread. Listeners (plain or ``async
+  def``) are called on the loop, each through its own mailbox.
+* ``aclose()`` stops every round and mailbox; later requests raise
   :class:`~polaris_sdk.errors.ClosedError`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from polaris_sdk.aio.context import AsyncSDKContext
 from polaris_sdk.aio.dispatch import AsyncMailbox
+from polaris_sdk.aio.slots import SlotHandle
 from polaris_sdk.cache.informer import Informer
 from polaris_sdk.cache.listwatch import MISSING_REVISION, missing_service
 from polaris_sdk.cache.options import CacheOptions
@@ -36,6 +39,8 @@ from polaris_sdk.cache.reflector import ConnectionState, ReflectorDriver
 from polaris_sdk.cache.reflector_core import RoundKind
 from polaris_sdk.cache.service_cache import answer_from_backup
 from polaris_sdk.cache.store import Entry, ReplaceHook, Store
+from polaris_sdk.connector import calls
+from polaris_sdk.connector.awaiting import Later
 from polaris_sdk.errors import (
     ClosedError,
     NetworkError,
@@ -47,6 +52,8 @@ from polaris_sdk.errors import (
 from polaris_sdk.model import ServiceChangeEvent, ServiceInstances, ServiceKey
 
 __all__ = ["AsyncServiceCache"]
+
+logger = logging.getLogger("polaris_sdk.aio.cache")
 
 
 _SEVERITY = {ConnectionState.CONNECTED: 0, ConnectionState.SUSPENDED: 1, ConnectionState.LOST: 2}
@@ -68,7 +75,7 @@ class _LoopDispatcher:
 
 
 class _AsyncReflector(ReflectorDriver):
-    """The asyncio driver: one supervised task sleeping between rounds."""
+    """The asyncio driver: one entry of the context's slot runner per round."""
 
     def __init__(
         self, key: ServiceKey, ctx: AsyncSDKContext, sink: Informer, options: CacheOptions
@@ -77,51 +84,97 @@ class _AsyncReflector(ReflectorDriver):
             key,
             sink,
             options,
-            clock=lambda: asyncio.get_running_loop().time(),
+            clock=ctx.time,
             observers=ctx.observers,
         )
         self._ctx = ctx
-        self._task: asyncio.Task[None] | None = None
+        self._handle: SlotHandle | None = None
 
     async def run_once(self, timeout: float | None) -> None:
+        current, pending, watching = self._begin(timeout)
         try:
-            current, result = await self._discover(timeout)
+            result = await self._judged(pending, watching)
         except PolarisError as exc:
             self._failed(exc)
             raise
         self._succeeded(current, result)
 
     def start(self) -> None:
-        self._task = self._ctx.spawn(f"polaris-refresh {self.key}", self._loop)
+        self._schedule()
 
     def stop(self) -> None:
         self._stopped = True
-        if self._task is not None:
-            self._task.cancel()
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            handle.cancel()
 
-    async def _loop(self) -> None:
-        while not self._stopped:
-            await asyncio.sleep(self._next_delay())
-            try:
-                current, result = await self._discover(self._options.request_timeout)
-            except PolarisError as exc:
-                self._failed(exc)
-            else:
-                self._succeeded(current, result)
-
-    async def _discover(
-        self, timeout: float | None
-    ) -> tuple[ServiceInstances | None, ServiceInstances | None]:
-        current, round_ = self._next_round()
-        revision = round_.revision if round_.kind is RoundKind.WATCH else MISSING_REVISION
+    def _schedule(self) -> None:
+        if self._stopped:
+            return
         try:
-            result = await self._ctx.connector.discover_instances(self.key, revision, timeout)
+            self._handle = self._ctx.slots.call_later(self._next_delay(), self._tick)
+        except ClosedError:
+            self._stopped = True
+
+    def _tick(self) -> Later[None] | None:
+        """A round's first part: sends the request; its continuation judges the answer."""
+        self._handle = None
+        if self._stopped:
+            return None
+        try:
+            current, pending, watching = self._begin(self._options.request_timeout)
+        except Exception as exc:
+            self._guarded(self._failed_unexpectedly, exc)
+            self._schedule()
+            return None
+        return Later(self._finish, current, pending, watching)
+
+    async def _finish(
+        self, current: ServiceInstances | None, pending: Awaitable[Any], watching: bool
+    ) -> None:
+        try:
+            try:
+                result = await self._judged(pending, watching)
+            except PolarisError as exc:
+                self._guarded(self._failed, exc)
+            except Exception as exc:
+                self._guarded(self._failed_unexpectedly, exc)
+            else:
+                self._guarded(self._succeeded, current, result)
+        finally:
+            # Whatever happened above, only stop() ends the loop.
+            self._schedule()
+
+    def _failed_unexpectedly(self, exc: Exception) -> None:
+        logger.exception("refresh of %s failed unexpectedly; backing off", self.key)
+        self._failed(exc)
+
+    def _guarded(self, record: Callable[..., None], *args: Any) -> None:
+        try:
+            record(*args)
+        except Exception:
+            logger.exception("recording the refresh of %s failed; the loop goes on", self.key)
+
+    def _begin(self, timeout: float | None) -> tuple[ServiceInstances | None, Awaitable[Any], bool]:
+        """Send this round's Discover request: the snapshot it starts from, the answer
+        to await and whether it watches a revision (or lists)."""
+        current, round_ = self._next_round()
+        watching = round_.kind is RoundKind.WATCH
+        revision = round_.revision if watching else MISSING_REVISION
+        pending = self._ctx.connector.begin(calls.discover(self.key, revision), timeout)
+        return current, pending, watching
+
+    async def _judged(self, pending: Awaitable[Any], watching: bool) -> ServiceInstances | None:
+        """The round's result: the snapshot answered (None: unchanged)."""
+        try:
+            answer = await pending
         except ResourceNotFoundError:
-            return current, missing_service(self.key)
-        if result is None and round_.kind is RoundKind.LIST:
+            return missing_service(self.key)
+        result = calls.discover_result(self.key, answer)
+        if result is None and not watching:
             # "Unchanged" to an empty revision breaks the protocol: read it as unknown.
-            result = missing_service(self.key)
-        return current, result
+            return missing_service(self.key)
+        return result
 
 
 class _Service:

@@ -16,6 +16,9 @@ Contract:
   that loop. Background tasks are started with :meth:`spawn`, which
   supervises them (an exception is logged and the task restarted with
   backoff; it never dies silently) until :meth:`aclose` cancels them.
+  Heartbeats and revision checks are entries of the context's one
+  :class:`~polaris_sdk.aio.slots.SlotRunner` (:attr:`slots`), a single such
+  task, not a task per instance or service.
 * ``aclose()`` is idempotent: it closes the components (newest first; an
   exception in one is logged), cancels and awaits every task, then closes
   the connector. Later calls raise :class:`~polaris_sdk.errors.ClosedError`.
@@ -39,6 +42,7 @@ from typing import Any, Final, TypeVar
 from polaris_sdk import _fork
 from polaris_sdk._closing import AsyncClosing
 from polaris_sdk.aio.dispatch import AsyncMailbox
+from polaris_sdk.aio.slots import SlotRunner
 from polaris_sdk.config import Configuration, load_config
 from polaris_sdk.connector import (
     AsyncNamingConnector,
@@ -82,6 +86,7 @@ class AsyncSDKContext(AsyncClosing):
         )
         self._components: dict[str, Any] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._slots: SlotRunner | None = None
         self._closed = False
         _fork.track(self)
 
@@ -93,6 +98,7 @@ class AsyncSDKContext(AsyncClosing):
         """
         _fork.keep(*self._tasks)
         self._tasks = set()
+        self._slots = None
         self._loop = None
         self._thread = None
         for component in self._components.values():
@@ -240,6 +246,23 @@ class AsyncSDKContext(AsyncClosing):
                 logger.exception("task %s failed; restarting in %.1fs", name, backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, _RESTART_MAX)
+
+    def time(self) -> float:
+        """The loop's clock (``loop.time()``), read without the loop check of :attr:`loop`.
+
+        For the context's own work, which runs on its loop once it is bound:
+        asking for the running loop each time costs a system call on some
+        Pythons.
+        """
+        loop = self._loop
+        return loop.time() if loop is not None else asyncio.get_running_loop().time()
+
+    @property
+    def slots(self) -> SlotRunner:
+        """The slot runner heartbeats and revision checks are scheduled on (made on first use)."""
+        if self._slots is None:
+            self._slots = SlotRunner(self)
+        return self._slots
 
     @property
     def tasks(self) -> frozenset[asyncio.Task[None]]:

@@ -9,8 +9,10 @@ same arguments, errors, defaults and guarantees):
   decisions (heartbeat every TTL at a fixed rate, re-register after two
   NotFound answers with backoff, never give up) are
   :class:`~polaris_sdk.provider.flow.RegistrationCore`'s, shared with the
-  threaded driver. Each kept instance is one supervised task on the
-  context's loop (sleeping between beats); no thread is started.
+  threaded driver. Each kept instance is an entry of the context's slot
+  runner (:class:`~polaris_sdk.aio.slots.SlotRunner`): the beats due in one
+  20 ms slot are all sent before any answer is awaited; no task per
+  instance, no thread.
 * One id, one registration: calls about the same instance id run one at a
   time. Registering an id again stops its heartbeats (waiting for one in
   flight) before the new request is sent; ``deregister()`` does the same, so
@@ -33,7 +35,7 @@ import logging
 import math
 import os
 import signal
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Final
 
 from polaris_sdk._closing import AsyncClosing
@@ -41,6 +43,7 @@ from polaris_sdk._requests import coerce_request
 from polaris_sdk.aio.context import AsyncSDKContext
 from polaris_sdk.aio.dispatch import AsyncMailbox
 from polaris_sdk.config import Configuration
+from polaris_sdk.connector.awaiting import Later
 from polaris_sdk.connector.retry import is_retriable
 from polaris_sdk.errors import ClosedError, PolarisError
 from polaris_sdk.model import (
@@ -74,6 +77,8 @@ __all__ = ["AsyncProviderAPI"]
 logger = logging.getLogger("polaris_sdk.aio.provider")
 
 FLOW_COMPONENT: Final = "polaris_sdk.aio.AsyncRegisterFlow"
+_BUG_BACKOFF: Final = 1.0
+"""Seconds before a step whose bookkeeping failed (a bug) is tried again."""
 
 StatusCallback = Callable[[RegistrationStatus], Any]
 OwnedListener = Callable[[RegistrationStatus, object], Any]
@@ -81,13 +86,15 @@ _Delivery = tuple[RegistrationStatus, object]
 
 
 class _AsyncRegistration(Registration):
-    """A registration with the asyncio driver's own state: its task and its I/O lock."""
+    """A registration with the asyncio driver's own state: the step on the wire."""
 
-    __slots__ = ("io",)
+    __slots__ = ("in_flight", "landed")
 
     def __init__(self, core: RegistrationCore, owner: object, heartbeats: bool) -> None:
         super().__init__(core, owner, heartbeats)
-        self.io = asyncio.Lock()  # held while a heartbeat or re-registration is on the wire
+        self.in_flight = False  # a heartbeat or re-registration is on the wire
+        # Made by whoever waits for the step on the wire; done once it is judged.
+        self.landed: asyncio.Future[None] | None = None
 
 
 class AsyncRegisterFlow:
@@ -297,22 +304,30 @@ class AsyncRegisterFlow:
     # -------------------------------------------------------------- internal
 
     def _now(self) -> float:
-        return asyncio.get_running_loop().time()
+        return self._ctx.time()
 
     def _start(self, reg: _AsyncRegistration, step: Step) -> None:
         reg.stopped = False
-        reg.handle = self._ctx.spawn(
-            f"polaris-heartbeat {reg.instance_id}", lambda: self._keep(reg, step)
-        )
+        self._schedule(reg, step)
+
+    def _schedule(self, reg: _AsyncRegistration, step: Step) -> None:
+        if reg.stopped:
+            return
+        try:
+            reg.handle = self._ctx.slots.call_at(step.at, lambda: self._send(reg, step))
+        except ClosedError:
+            reg.handle = None
 
     async def _stop(self, reg: _AsyncRegistration) -> None:
         """No more beats from ``reg``; returns once none is in flight."""
         reg.stopped = True
-        async with reg.io:
-            task, reg.handle = reg.handle, None
-            if isinstance(task, asyncio.Task) and task is not asyncio.current_task():
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        handle, reg.handle = reg.handle, None
+        if handle is not None:
+            handle.cancel()
+        if reg.in_flight:
+            if reg.landed is None:
+                reg.landed = asyncio.get_running_loop().create_future()
+            await asyncio.shield(reg.landed)
         changed = reg.core.state is not RegistrationState.DEREGISTERED
         reg.core.stop()
         if changed:
@@ -348,42 +363,66 @@ class AsyncRegisterFlow:
             else:
                 await self._leave(registration_lease_key(reg))
 
-    async def _keep(self, reg: _AsyncRegistration, step: Step) -> None:
-        """The heartbeat loop of one instance: sleep until the step is due, send it, decide."""
-        while not reg.stopped:
-            await asyncio.sleep(max(0.0, step.at - self._now()))
-            async with reg.io:
-                if reg.stopped:
-                    return
-                step = await self._run(reg, step)
-
-    async def _run(self, reg: _AsyncRegistration, step: Step) -> Step:
+    def _send(self, reg: _AsyncRegistration, step: Step) -> Later[None] | None:
+        """A step's first part (in its slot): sends it; the continuation judges it."""
+        reg.handle = None
+        if reg.stopped:
+            return None
         lateness = self._now() - step.at
+        core = reg.core
+        timeout = min(self._config.api.timeout, float(core.ttl))
+        pending: Awaitable[object]
+        try:
+            if step.action is Action.HEARTBEAT:
+                pending = self._connector.begin_heartbeat(reg.heartbeat_req, timeout=timeout)
+            else:
+                pending = self._connector.begin_register(core.request, core.ttl, timeout=timeout)
+        except Exception as exc:  # judged below like any failure of the step
+            pending = Later(_raising, exc)
+        reg.in_flight = True
+        return Later(self._judge, reg, step, pending, lateness)
+
+    async def _judge(
+        self, reg: _AsyncRegistration, step: Step, pending: Awaitable[object], lateness: float
+    ) -> None:
         core = reg.core
         before = core.state
         error: PolarisError | None = None
-        timeout = min(self._config.api.timeout, float(core.ttl))
+        nxt = step
         try:
-            if step.action is Action.HEARTBEAT:
-                await self._connector.heartbeat(reg.heartbeat_req, timeout=timeout)
-            else:
-                await self._connector.register_instance(core.request, core.ttl, timeout=timeout)
-        except PolarisError as exc:
-            error = exc
-        except Exception as exc:  # a bug below must not end the loop silently
-            logger.exception("%s of %s failed unexpectedly", step.action.value, core.instance_id)
-            error = PolarisError(f"unexpected failure: {exc!r}")
-        now = self._now()
-        nxt = core.step_done(step, error, now)
-        status = core.status()
-        line = reg.reporter.report(step, before, status, nxt.at - now)
-        if line is not None:
-            logger.log(line.level, line.message, *line.args)
-        if status.state is not before:
-            self._notify(status, reg.owner)
-        if step.action is Action.HEARTBEAT and self._ctx.observers.heartbeats:
-            self._ctx.observers.heartbeat(status, lateness, error is None)
-        return nxt
+            try:
+                await pending
+            except PolarisError as exc:
+                error = exc
+            except Exception as exc:  # a bug below must not end the loop silently
+                logger.exception(
+                    "%s of %s failed unexpectedly", step.action.value, core.instance_id
+                )
+                error = PolarisError(f"unexpected failure: {exc!r}")
+            now = self._now()
+            nxt = core.step_done(step, error, now)
+            status = core.status()
+            line = reg.reporter.report(step, before, status, nxt.at - now)
+            if line is not None:
+                logger.log(line.level, line.message, *line.args)
+            if status.state is not before:
+                self._notify(status, reg.owner)
+            if step.action is Action.HEARTBEAT and self._ctx.observers.heartbeats:
+                self._ctx.observers.heartbeat(status, lateness, error is None)
+        except Exception:
+            logger.exception("judging the %s of %s failed", step.action.value, core.instance_id)
+            if nxt is step:
+                nxt = Step(step.action, self._now() + _BUG_BACKOFF)
+        finally:
+            reg.in_flight = False
+            landed, reg.landed = reg.landed, None
+            if landed is not None and not landed.done():
+                landed.set_result(None)
+        self._schedule(reg, nxt)
+
+
+async def _raising(error: Exception) -> None:
+    raise error
 
 
 class AsyncProviderAPI(AsyncClosing):

@@ -9,16 +9,21 @@ Contract (as :mod:`polaris_sdk.connector.grpc`, on one event loop):
   (:mod:`polaris_sdk.connector.failover`); unary attempts last at most the
   timeout they are given; answers of any size are accepted.
 * Discover calls share one bidirectional stream. The server answers each
-  request once and in order, so requests are written, and their futures
-  queued, under one lock, and one reader task hands each answer to the
-  oldest waiter. When the stream breaks every waiter gets the error and the
+  request once and in order, so a request's waiter is queued as the request
+  is handed to the stream's writer task (which writes them one at a time,
+  in order), and one reader task hands each answer to the oldest waiter.
+  ``begin(call, timeout)`` sends without awaiting and returns the coroutine
+  that waits for the answer, so calls begun together are pipelined on the
+  stream (a unary's call is started by ``begin`` and awaited by that
+  coroutine). When the stream breaks every waiter gets the error and the
   next call opens a new stream, after a backoff (growing while opening keeps
   failing) that a call waits out only if it ends before the call's
-  deadline. A waiter whose answer does not come in time leaves; the stream
-  is broken only when it has answered nothing for ``messageTimeout`` since
-  the oldest pending request was sent. An answer over a size limit fails
-  only its own waiter's call.
-* ``aclose()`` ends the stream and its reader task and closes the channels.
+  deadline. A waiter whose answer does not come in time leaves (the reader
+  skips it); the stream is broken only when it has answered nothing for
+  ``messageTimeout`` since the oldest pending request was sent. An answer
+  over a size limit fails only its own waiter's call.
+* ``aclose()`` ends the stream and its reader and writer tasks and closes
+  the channels.
 * In a forked child the inherited channels and stream are left alone for
   good and new ones are made on first use (see :mod:`polaris_sdk._fork`).
   grpcio cannot run in a child whose parent had used grpc.aio: there every
@@ -31,6 +36,7 @@ import asyncio
 import collections
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Any, Final
 
 import grpc
@@ -38,6 +44,7 @@ import grpc.aio
 
 from polaris_sdk import _fork, wire
 from polaris_sdk.config import Configuration
+from polaris_sdk.connector.awaiting import Later
 from polaris_sdk.connector.calls import Call
 from polaris_sdk.connector.failover import Endpoint
 from polaris_sdk.connector.grpc import GrpcSettings, map_rpc_error, note_failure, too_large
@@ -54,6 +61,8 @@ __all__ = ["AioGrpcTransport"]
 logger = logging.getLogger("polaris_sdk.connector.grpc_aio")
 
 _STREAM_BACKOFF_MAX: Final = 5.0
+_WRITER_GRACE: Final = 1.0
+"""Seconds ``aclose()`` lets a writer end its write on the cancelled stream before cancelling it."""
 
 
 class _AioChannel:
@@ -111,30 +120,45 @@ class _AioChannel:
 
 
 class _Waiter:
-    __slots__ = ("future", "sent_at")
+    __slots__ = ("future", "sent_at", "timer")
 
-    def __init__(self, future: asyncio.Future[Any]) -> None:
+    def __init__(self, future: asyncio.Future[Any], timer: asyncio.TimerHandle | None) -> None:
         self.future = future
         self.sent_at = time.monotonic()
+        self.timer = timer  # fails the future at the call's deadline
 
 
 class _StreamCall:
-    __slots__ = ("answered_at", "call", "ended", "endpoint", "reader", "waiters")
+    __slots__ = (
+        "answered_at",
+        "call",
+        "ended",
+        "endpoint",
+        "loop",
+        "outbox",
+        "reader",
+        "waiters",
+        "wake",
+        "writer",
+    )
 
     def __init__(self, call: Any, endpoint: Endpoint[_AioChannel]) -> None:
         self.call = call
         self.endpoint = endpoint
         self.waiters: collections.deque[_Waiter] = collections.deque()
+        self.outbox: collections.deque[Any] = collections.deque()  # requests not yet written
         self.answered_at = time.monotonic()
         self.ended = False
         self.reader: asyncio.Task[None] | None = None
+        self.writer: asyncio.Task[None] | None = None
+        self.wake: asyncio.Future[None] | None = None  # the idle writer waits on it
+        self.loop = asyncio.get_running_loop()  # the stream's, read once
 
 
 class _AioDiscoverStream:
     def __init__(self, transport: AioGrpcTransport) -> None:
         self._transport = transport
         self._endpoints = transport.endpoints
-        self._lock: asyncio.Lock | None = None
         self._current: _StreamCall | None = None
         self._calls: set[_StreamCall] = set()
         self._failures = 0
@@ -143,54 +167,96 @@ class _AioDiscoverStream:
         self._closed = False
 
     async def exchange(self, request: Any, timeout: float) -> Any:
+        return await self.begin(request, timeout)
+
+    def begin(self, request: Any, timeout: float) -> Awaitable[Any]:
+        """Queue ``request`` now; what is returned, awaited, is its answer.
+
+        Raises ClosedError at once on a closed transport; everything else is
+        raised by the await.
+        """
         deadline = time.monotonic() + timeout
-        if self._lock is None:
-            self._lock = asyncio.Lock()
+        sent = self._send(request, deadline)
+        if sent is None:
+            return Later(self._send_after_backoff, request, deadline)
+        return sent
+
+    def _send(self, request: Any, deadline: float) -> asyncio.Future[Any] | None:
+        """Hand ``request`` to the stream's writer and return the future of its answer
+        (failed at ``deadline``); None while the stream is in its backoff."""
+        if self._closed:
+            raise ClosedError("the connector is closed")
+        call = self._current
+        now = time.monotonic()
+        if call is None:
+            if self._retry_at > now:
+                return None
+            call = self._open()
+        loop = call.loop
+        waiter = _Waiter(loop.create_future(), None)
+        waiter.timer = loop.call_later(max(0.0, deadline - now), self._expire, call, waiter)
+        call.waiters.append(waiter)
+        call.outbox.append(request)
+        wake = call.wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+        return waiter.future
+
+    async def _send_after_backoff(self, request: Any, deadline: float) -> Any:
         while True:
-            async with self._lock:
-                if self._closed:
-                    raise ClosedError("the connector is closed")
-                wait = self._retry_at - time.monotonic() if self._current is None else 0.0
-                if wait <= 0:
-                    call = self._current or self._open()
-                    waiter = _Waiter(asyncio.get_running_loop().create_future())
-                    call.waiters.append(waiter)
-                    try:
-                        await call.call.write(request)
-                    except (grpc.RpcError, asyncio.InvalidStateError) as err:
-                        # The reader sees the same failure and fails the waiters.
-                        logger.debug("Discover write failed: %r", err)
-                    break
-                cause = self._last_error
+            wait = self._retry_at - time.monotonic()
             if time.monotonic() + wait >= deadline:
                 refused = PolarisTimeoutError(
                     f"Discover stream is reconnecting, in {wait:.2f}s, after the call's "
-                    f"deadline; it broke with: {cause}"
+                    f"deadline; it broke with: {self._last_error}"
                 )
                 refused.not_sent = True  # says nothing new about the server's reachability
                 raise refused
             await asyncio.sleep(wait)
-        try:
-            return await asyncio.wait_for(
-                asyncio.shield(waiter.future), max(0.0, deadline - time.monotonic())
-            )
-        except TimeoutError:
-            self._no_answer(call, waiter)
-            raise PolarisTimeoutError(
-                f"{call.endpoint.address}: Discover: no answer in time"
-            ) from None
+            sent = self._send(request, deadline)
+            if sent is not None:
+                return await sent
+
+    def _expire(self, call: _StreamCall, waiter: _Waiter) -> None:
+        """The waiter's deadline passed: it leaves (its answer, if any, will be skipped)."""
+        future = waiter.future
+        if future.done():
+            return
+        future.set_exception(
+            PolarisTimeoutError(f"{call.endpoint.address}: Discover: no answer in time")
+        )
+        future.exception()  # retrieved: nothing to report should no one await it any more
+        self._no_answer(call, waiter)
 
     def _open(self) -> _StreamCall:
         ep = self._endpoints.pick()
         grpc_call = ep.handle.stream("Discover")(metadata=self._transport.metadata())
         call = _StreamCall(grpc_call, ep)
-        call.reader = asyncio.get_running_loop().create_task(
-            self._read(call), name="polaris-discover-reader"
-        )
+        loop = asyncio.get_running_loop()
+        call.reader = loop.create_task(self._read(call), name="polaris-discover-reader")
+        call.writer = loop.create_task(self._write(call), name="polaris-discover-writer")
         self._current = call
         self._calls.add(call)
         logger.debug("Discover stream opened to %s", ep.address)
         return call
+
+    async def _write(self, call: _StreamCall) -> None:
+        """Write the queued requests in order; wait for more when there are none."""
+        loop = asyncio.get_running_loop()
+        outbox = call.outbox
+        while not call.ended:
+            if not outbox:
+                call.wake = loop.create_future()
+                await call.wake
+                call.wake = None
+                continue
+            try:
+                await call.call.write(outbox.popleft())
+            except Exception as err:  # grpc.RpcError, InvalidStateError on an ended call
+                # The reader sees the same failure and fails the waiters.
+                logger.debug("Discover write failed: %r", err)
+                outbox.clear()
+                return
 
     async def _read(self, call: _StreamCall) -> None:
         ep = call.endpoint
@@ -210,7 +276,10 @@ class _AioDiscoverStream:
                 waiter = call.waiters.popleft() if call.waiters else None
                 if waiter is None:
                     logger.warning("Discover answer with no request waiting; dropped")
-                elif not waiter.future.done():
+                    continue
+                if waiter.timer is not None:
+                    waiter.timer.cancel()
+                if not waiter.future.done():  # not left (deadline passed, or cancelled)
                     waiter.future.set_result(response)
         except asyncio.CancelledError:
             error = ClosedError("the connector is closed")
@@ -264,9 +333,19 @@ class _AioDiscoverStream:
                 self._last_error = error
                 logger.warning("Discover stream broken: %s", error)
         call.call.cancel()
+        # The writer is not cancelled in a write (grpc would finish that write after
+        # the loop may be gone): the cancelled call fails it, and an idle writer wakes
+        # up to find the stream ended.
+        call.outbox.clear()
+        if call.wake is not None and not call.wake.done():
+            call.wake.set_result(None)
         for index, waiter in enumerate(call.waiters):
-            if not waiter.future.done():
-                waiter.future.set_exception(first if index == 0 and first is not None else error)
+            if waiter.timer is not None:
+                waiter.timer.cancel()
+            future = waiter.future
+            if not future.done():
+                future.set_exception(first if index == 0 and first is not None else error)
+                future.exception()  # retrieved: a waiter that left is not logged as forgotten
         call.waiters.clear()
         return True
 
@@ -278,8 +357,14 @@ class _AioDiscoverStream:
         readers = [c.reader for c in calls if c.reader is not None]
         for reader in readers:
             reader.cancel()
-        if readers:
-            await asyncio.gather(*readers, return_exceptions=True)
+        writers = [c.writer for c in calls if c.writer is not None and not c.writer.done()]
+        if writers:
+            _, stuck = await asyncio.wait(writers, timeout=_WRITER_GRACE)
+            for writer in stuck:
+                writer.cancel()
+        tasks = readers + writers
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class AioGrpcTransport(GrpcSettings[_AioChannel]):
@@ -302,6 +387,12 @@ class AioGrpcTransport(GrpcSettings[_AioChannel]):
         self._stream = _AioDiscoverStream(self)
 
     async def exchange(self, call: Call, timeout: float) -> Any:
+        return await self.begin(call, timeout)
+
+    def begin(self, call: Call, timeout: float) -> Awaitable[Any]:
+        """Send ``call`` now (a Discover request onto the stream, a unary started);
+        the coroutine returned waits for the answer. Raises at once only when the
+        transport cannot be used at all (closed, or grpc.aio forked)."""
         if self._closed:
             raise ClosedError("the connector is closed")
         if self._unusable:
@@ -312,12 +403,16 @@ class AioGrpcTransport(GrpcSettings[_AioChannel]):
                 "or use protocol http",
             )
         if call.is_discover:
-            return await self._stream.exchange(call.request, timeout)
+            return self._stream.begin(call.request, timeout)
         ep = self.endpoints.pick()
+        started = ep.handle.unary(call.method)(
+            call.request, timeout=timeout, metadata=self.metadata()
+        )
+        return Later(self._unary_answer, ep, started)
+
+    async def _unary_answer(self, ep: Endpoint[_AioChannel], started: Any) -> Any:
         try:
-            resp = await ep.handle.unary(call.method)(
-                call.request, timeout=timeout, metadata=self.metadata()
-            )
+            resp = await started
         except grpc.RpcError as err:
             note_failure(self.endpoints, ep, err)
             raise map_rpc_error(err, ep.address) from None

@@ -37,6 +37,7 @@ from tenacity import AsyncRetrying, Retrying
 
 from polaris_sdk.config import Configuration
 from polaris_sdk.connector import calls
+from polaris_sdk.connector.awaiting import Later
 from polaris_sdk.connector.calls import USER_AGENT, Call, new_request_id
 from polaris_sdk.connector.retry import RetryPolicy, is_retriable
 from polaris_sdk.connector.state import Connection
@@ -378,29 +379,107 @@ class AsyncNamingConnector(_Core):
     async def call(self, call: Call, timeout: float | None = None) -> Any:
         """As :meth:`NamingConnector.call`, awaiting instead of blocking."""
         budget, deadline = self._deadline(timeout)
+        try:
+            return await self._attempt(call, budget, deadline)
+        except PolarisError as exc:
+            return await self._retry(call, budget, deadline, exc)
 
-        async def attempt() -> Any:
-            wait = self._remaining(call, budget, deadline)
+    def begin(self, call: Call, timeout: float | None = None) -> Later[Any]:
+        """Send ``call``'s first attempt now; the coroutine returned finishes it.
+
+        Awaiting it judges the answer and retries exactly like :meth:`call`
+        (the deadline counts from now). Calls begun one after another before
+        any is awaited share their round trips: pipelined on the Discover
+        stream, concurrent unaries. Never raises: a failure to send is
+        raised by the await. With a transport that has no ``begin`` the
+        whole exchange happens in the await.
+        """
+        if self._closed:
+            return Later(self._raise, ClosedError("the connector is closed"))
+        budget, deadline = self._deadline(timeout)
+        start: Callable[[Call, float], Awaitable[Any]] | None = getattr(
+            self._transport, "begin", None
+        )
+        if start is None:
+            return Later(self._finish, call, budget, deadline, None)
+        try:
+            pending = start(call, self._remaining(call, budget, deadline))
+        except PolarisError as exc:
+            return Later(self._fail, call, budget, deadline, exc)
+        return Later(self._finish, call, budget, deadline, pending)
+
+    def begin_heartbeat(
+        self, req: InstanceHeartbeatRequest, *, timeout: float | None = None
+    ) -> Later[Any]:
+        """:meth:`heartbeat`, begun (see :meth:`begin`); the answer is not needed."""
+        return self.begin(calls.heartbeat(req), timeout)
+
+    def begin_register(
+        self, req: InstanceRegisterRequest, ttl: int | None, *, timeout: float | None = None
+    ) -> Later[InstanceRegisterResponse]:
+        """:meth:`register_instance`, begun (see :meth:`begin`)."""
+        finish = self.begin(calls.register(req, ttl), timeout)
+        return Later(self._then, finish, calls.register_result, req)
+
+    def begin_discover(
+        self, key: ServiceKey, revision: str = "", timeout: float | None = None
+    ) -> Later[ServiceInstances | None]:
+        """:meth:`discover_instances`, begun (see :meth:`begin`)."""
+        finish = self.begin(calls.discover(key, revision), timeout)
+        return Later(self._then, finish, calls.discover_result, key)
+
+    # ------------------------------------------------------------- internal
+
+    @staticmethod
+    async def _then(finish: Awaitable[Any], result: Callable[[Any, Any], T], arg: Any) -> T:
+        return result(arg, await finish)
+
+    @staticmethod
+    async def _raise(error: BaseException) -> Any:
+        raise error
+
+    async def _attempt(self, call: Call, budget: float, deadline: float) -> Any:
+        wait = self._remaining(call, budget, deadline)
+        try:
+            answer = await self._transport.exchange(call, wait)
+        except BaseException as exc:
+            self._record(exc)
+            raise
+        self._record(None)
+        return call.judge(answer)
+
+    async def _finish(
+        self, call: Call, budget: float, deadline: float, pending: Awaitable[Any] | None
+    ) -> Any:
+        """The rest of a begun call: its first attempt's answer (or the attempt), then retries."""
+        try:
+            if pending is None:
+                return await self._attempt(call, budget, deadline)
             try:
-                answer = await self._transport.exchange(call, wait)
+                answer = await pending
             except BaseException as exc:
                 self._record(exc)
                 raise
             self._record(None)
             return call.judge(answer)
-
-        try:
-            return await attempt()
         except PolarisError as exc:
-            if not is_retriable(exc) or self._policy.max_retries == 0:
-                raise
-            replay = _Replay(exc)
+            return await self._retry(call, budget, deadline, exc)
+
+    async def _fail(self, call: Call, budget: float, deadline: float, error: PolarisError) -> Any:
+        self._record(error)
+        return await self._retry(call, budget, deadline, error)
+
+    async def _retry(self, call: Call, budget: float, deadline: float, first: PolarisError) -> Any:
+        """Retry ``call`` after its first attempt failed with ``first`` (raised if final)."""
+        if not is_retriable(first) or self._policy.max_retries == 0:
+            raise first
+        replay = _Replay(first)
 
         async def again() -> Any:
-            first = replay.take()
-            if first is not None:
-                raise first
-            return await attempt()
+            failed = replay.take()
+            if failed is not None:
+                raise failed
+            return await self._attempt(call, budget, deadline)
 
         retrying = AsyncRetrying(**self._policy.tenacity_args(budget, call.label))
         run: Callable[[], Awaitable[Any]] = again
