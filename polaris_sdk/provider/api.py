@@ -15,7 +15,8 @@ Contract:
   ``ProviderAPI.create(...)`` makes and owns a context. ``close()`` is
   idempotent: it stops this facade's heartbeats and deregisters the
   instances it registered with ``register_instance`` (unless
-  ``provider.deregisterOnClose`` is false), then closes an owned context.
+  ``provider.deregisterOnClose`` is false or ``close(deregister=False)``),
+  then closes an owned context.
   Closing the context closes the flow the same way.
 * Status callbacks (``on_status``) run on the flow's listener threads, one
   at a time, never on the scheduler; ``close()`` waits a bounded time
@@ -186,8 +187,13 @@ class ProviderAPI(Closing):
 
     # ------------------------------------------------------------ closing
 
-    def close(self) -> None:
-        """Stop heartbeats and deregister what ``register_instance`` registered. Idempotent."""
+    def close(self, *, deregister: bool | None = None) -> None:
+        """Stop heartbeats and deregister what ``register_instance`` registered. Idempotent.
+
+        ``deregister=False`` leaves the instances registered (they lapse after
+        their TTL unless another process heartbeats them); the default is
+        ``provider.deregisterOnClose``.
+        """
         with self._lock:
             if self._closed:
                 return
@@ -195,7 +201,7 @@ class ProviderAPI(Closing):
         self._exit.closing()
         try:
             if not self._flow.closed:
-                self._flow.close(owner=self)
+                self._flow.close(owner=self, deregister=deregister)
         finally:
             try:
                 # Statuses already handed out (the final "deregistered") still

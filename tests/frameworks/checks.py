@@ -56,9 +56,9 @@ def assert_recycle_keeps_it(
     """SIGTERM to one worker: it is replaced, the new one joins, the instance never leaves."""
     registry, service = deploy.registry, deploy.service
     first = served.workers(workers)
-    # Every worker has joined the instance (a worker's lease is taken before it sends).
-    registered = wait_until(
-        lambda: (n := len(registry.actions(service, Action.REGISTER))) >= workers and n,
+    # Every worker has joined the instance (its lease is taken before it sends).
+    wait_until(
+        lambda: set(first) <= deploy.holders(port),
         timeout=30,
         message=f"not every worker registered:\n{served.output()[-2000:]}",
     )
@@ -71,7 +71,7 @@ def assert_recycle_keeps_it(
             message=f"worker not replaced:\n{served.output()[-2000:]}",
         )
         wait_until(
-            lambda: len(registry.actions(service, Action.REGISTER)) > registered,
+            lambda: set(served.workers()) == deploy.holders(port),
             timeout=30,
             message="the new worker did not register",
         )

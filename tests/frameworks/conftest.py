@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from polaris_sdk.model import Instance
+from polaris_sdk.provider.lease import Leases, lease_key
 from polaris_sdk.server.auth import Action
 from polaris_sdk.testing import PolarisTestServer
 from tests.connector.servers import RecordingAuthorizer
@@ -99,6 +100,13 @@ class Deployment:
         )
         [instance] = self.registry.server.instances(self.service)
         return instance
+
+    def holders(self, port: int) -> set[int]:
+        """Pids of the live processes holding the lease on 127.0.0.1:``port`` (registered
+        or registering it)."""
+        leases = Leases(self._tmp / "leases")
+        key = lease_key("default", self.service, "127.0.0.1", port)
+        return {int(holder.split()[0]) for holder in leases.holders(key)}
 
     def close(self) -> None:
         for served in self._started:

@@ -21,6 +21,7 @@ from flask import Flask
 from polaris_sdk.integrations.flask import Polaris
 
 logging.basicConfig(level=logging.INFO, format="%(process)d %(name)s: %(message)s")
+logging.getLogger("httpx").setLevel(logging.WARNING)
 polaris = Polaris()
 
 
