@@ -42,7 +42,7 @@ from typing import Any, ClassVar, Final
 
 from polaris_sdk import ConsumerAPI, ProviderAPI, SDKContext
 from polaris_sdk.config import Configuration
-from polaris_sdk.errors import ConfigError, PolarisError
+from polaris_sdk.errors import ClosedError, ConfigError, PolarisError
 from polaris_sdk.netinfo import detect_host, listening_port
 from polaris_sdk.provider.exit import EXIT_THREAD, ExitHandler
 
@@ -211,7 +211,9 @@ class Serving:
             req = self.options.request(self.context.config, port)
             resp = self.provider.register_instance(background=True, **req)
         except PolarisError as exc:
-            if not self._handed_over:
+            if isinstance(exc, ClosedError) or self._handed_over:  # stopped meanwhile
+                logger.info("%s: %s", self.options.service, exc)
+            else:
                 logger.error("%s: not registered: %s", self.options.service, exc)
             return
         self.instance_id = resp.instance_id

@@ -150,7 +150,12 @@ class ProviderAPI(Closing):
         validate_register(req)
         self._check_open()
         ttl = req.ttl if req.ttl is not None else self._ctx.config.provider.heartbeat_ttl
-        return self._flow.register(req, ttl, owner=self, background=background)
+        try:
+            return self._flow.register(req, ttl, owner=self, background=background)
+        except ClosedError:
+            # Closed while on the wire, by an exit signal: the process ends by it here.
+            self._exit.hold_main_thread()
+            raise
 
     def register(
         self, request: InstanceRegisterRequest | None = None, /, **fields: Any
@@ -234,8 +239,10 @@ class ProviderAPI(Closing):
             raise ClosedError("the SDKContext is closed")
 
     def _close_bound(self) -> float:
-        """A liveness bound on close(): its deregistrations, then the listeners' drain."""
-        return self._flow.close_budget(owner=self) + STATUS_DRAIN_TIMEOUT + 2.0
+        """A liveness bound on close(): its deregistrations, a registration still on the
+        wire, then the listeners' drain."""
+        budget = self._flow.close_budget(owner=self) + self._ctx.config.api.timeout
+        return budget + STATUS_DRAIN_TIMEOUT + 2.0
 
     def _filter_status(self, status: RegistrationStatus, owner: object) -> None:
         if owner is self and self._on_status is not None:

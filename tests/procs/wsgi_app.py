@@ -6,8 +6,9 @@ Every setting of the integration comes from ``app.config`` (``POLARIS_*``
 keys), the registry's address included (``POLARIS_SETTINGS``), so nothing
 needs ``POLARIS_ADDRESSES`` in the environment. No port is given: the
 integration reads the socket the server listens on. ``/hello`` answers the
-pid and the instance id; ``/peer`` looks the service up through the
-extension's consumer. Run by the framework tests.
+pid and the instance id, ``/status`` the registration and connection
+states; ``/peer`` looks the service up through the extension's consumer.
+Run by the framework tests.
 """
 
 from __future__ import annotations
@@ -45,6 +46,15 @@ def create_app() -> Flask:
     def hello() -> dict[str, Any]:
         serving = app.extensions["polaris"]
         return {"pid": os.getpid(), "instance": serving.instance_id}
+
+    @app.get("/status")
+    def status() -> dict[str, Any]:
+        serving = app.extensions["polaris"]
+        found = serving.instance_id and serving.provider.status(serving.instance_id)
+        return {
+            "registration": found and found.state.value,
+            "connection": serving.context.state.value,
+        }
 
     @app.get("/peer")
     def peer() -> dict[str, Any]:
