@@ -24,8 +24,14 @@ def answer(port: int, path: str = "/hello") -> dict[str, Any]:
 
 
 def answers_with(port: int, instance_id: str) -> None:
-    """Wait until a worker answers with the instance id (each sets it once registered)."""
-    wait_until(lambda: answer(port)["instance"] == instance_id, timeout=10)
+    """Wait until a worker answers with the instance id (each sets it once registered;
+    with the port given, the registration may come before the server listens)."""
+
+    def answered() -> bool:
+        got = get(port)
+        return got is not None and json.loads(got[1]).get("instance") == instance_id
+
+    wait_until(answered, timeout=10)
 
 
 def assert_drains(deploy: Deployment, served: Served, port: int) -> None:

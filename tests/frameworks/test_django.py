@@ -45,6 +45,19 @@ def test_django_under_gunicorn_workers(deploy: Deployment, consumer: ConsumerAPI
     assert_drains(deploy, served, port)
 
 
+def test_the_django_sample_app_under_gunicorn(deploy: Deployment) -> None:
+    """examples/django_provider.py, as the README runs it."""
+    port = free_port()
+    app = "examples.django_provider:application"
+    served = deploy.launch(
+        gunicorn(app, port, "-w", "2"), deploy.env(GREETER_SERVICE=deploy.service)
+    )
+    instance = deploy.registered(served, port, registers=2)
+    assert instance.metadata["framework"] == "django"
+    answers_with(port, instance.id)
+    assert_drains(deploy, served, port)
+
+
 def test_django_runserver_registers_and_drains(deploy: Deployment) -> None:
     port = free_port()
     cmd = [sys.executable, MANAGE, "runserver", "--noreload", f"127.0.0.1:{port}"]
@@ -54,11 +67,25 @@ def test_django_runserver_registers_and_drains(deploy: Deployment) -> None:
     assert deploy.registry.actions(deploy.service) == [Action.REGISTER, Action.DEREGISTER]
 
 
-def test_other_management_commands_do_not_register(deploy: Deployment) -> None:
+def test_django_runserver_with_the_reloader_registers_its_serving_child_only(
+    deploy: Deployment,
+) -> None:
+    port = free_port()
+    # The port given: a process that should not register could, without a socket.
+    env = deploy.env(POLARIS_INSTANCE_PORT=port)
+    served = deploy.launch([sys.executable, MANAGE, "runserver", f"127.0.0.1:{port}"], env)
+    [child] = served.workers(1)
+    answers_with(port, deploy.registered(served, port).id)
+    assert deploy.holders(port) == {child}
+    assert deploy.registry.actions(deploy.service) == [Action.REGISTER]
+
+
+@pytest.mark.parametrize("program", [MANAGE, "-m django"])
+def test_other_management_commands_do_not_register(deploy: Deployment, program: str) -> None:
     done = subprocess.run(
-        [sys.executable, MANAGE, "check"],
+        [sys.executable, *program.split(), "check"],
         cwd=ROOT,
-        env=deploy.env(),
+        env=deploy.env(POLARIS_INSTANCE_PORT=free_port()),  # it could register without a socket
         capture_output=True,
         text=True,
         timeout=60,
