@@ -55,6 +55,7 @@ RUN_ELSEWHERE: dict[str, str] = {
     "greeter.py": "tests/integrations/greeters.py",
     "fastapi_provider.py": "tests/test_deploy.py",
     "flask_provider.py": "tests/test_deploy.py",
+    "django_provider.py": "tests/frameworks/test_django.py",
     "greeter_consumer.py": "tests/test_deploy.py",
 }
 

@@ -115,8 +115,7 @@ class AsyncRegisterFlow:
         self._registry: Registry[_AsyncRegistration] = Registry()
         self._id_locks: KeyedLocks[asyncio.Lock] = KeyedLocks(asyncio.Lock)
         self._listeners: list[tuple[OwnedListener, AsyncMailbox[_Delivery]]] = []
-        self._none_registering = asyncio.Event()
-        self._none_registering.set()
+        self._register_ended = asyncio.Event()  # set when a register() call ends
         self._leases = Leases(
             self._config.provider.lease_dir, enabled=self._config.provider.share_instances
         )
@@ -129,8 +128,7 @@ class AsyncRegisterFlow:
             self._registry.close()
         self._id_locks = KeyedLocks(asyncio.Lock)
         self._listeners = []
-        self._none_registering = asyncio.Event()
-        self._none_registering.set()
+        self._register_ended = asyncio.Event()
 
     @property
     def closed(self) -> bool:
@@ -182,8 +180,7 @@ class AsyncRegisterFlow:
             req.namespace, req.service, req.host, req.port, req.vpc_id
         )
         key = request_lease_key(req)
-        registry.begin_register()
-        self._none_registering.clear()
+        registry.begin_register(owner)
         try:
             async with self._instance_lock(iid):
                 old = registry.untrack(iid)
@@ -224,8 +221,8 @@ class AsyncRegisterFlow:
                 if heartbeats:
                     self._start(reg, step)
         finally:
-            if registry.end_register():
-                self._none_registering.set()
+            registry.end_register(owner)
+            self._register_ended.set()
         if core.state is RegistrationState.REGISTERED:
             log_registered(req, resp, ttl if heartbeats else None)
         return Registry.answer(resp, old)
@@ -287,19 +284,32 @@ class AsyncRegisterFlow:
         for result in await asyncio.gather(*finish, return_exceptions=True):
             if isinstance(result, BaseException):
                 logger.error("close: stopping an instance failed", exc_info=result)
+        # A registration on the wire (the owner's, or any) deregisters itself
+        # once it lands: wait for it, bounded.
+        await self._await_registrations(
+            owner, max(0.0, deadline - self._now()) + self._config.api.timeout
+        )
         if owner is None:
-            # A registration on the wire deregisters itself once it lands.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._none_registering.wait(),
-                    max(0.0, deadline - self._now()) + self._config.api.timeout,
-                )
             for _, mailbox in self._listeners:
                 await mailbox.wait_idle(STATUS_DRAIN_TIMEOUT)
                 await mailbox.aclose(STATUS_DRAIN_TIMEOUT)
             self._listeners.clear()
 
     aclose = close
+
+    async def _await_registrations(self, owner: object, timeout: float) -> None:
+        deadline = self._now() + timeout
+        while self._registry.registering_for(owner):
+            remaining = deadline - self._now()
+            if remaining <= 0:
+                logger.warning(
+                    "close: %d registrations still on the wire",
+                    self._registry.registering_for(owner),
+                )
+                return
+            self._register_ended.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._register_ended.wait(), remaining)
 
     # -------------------------------------------------------------- internal
 

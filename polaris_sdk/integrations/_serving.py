@@ -19,7 +19,11 @@ Contract:
 * :class:`Serving` is the threaded version (Flask, Django, any WSGI app);
   the asyncio one lives in :mod:`.starlette`. Both re-register in a process
   forked after they started (gunicorn ``--preload``), and the process that
-  forked hands its registration over.
+  forked hands its registration over: it stops heartbeating and leaves its
+  lease without deregistering, so the instance stays while the children
+  register it. A child's signal handling is installed at the fork;
+  :meth:`Serving.take_signals` installs it again over handlers a server set
+  up after that (gunicorn's workers: :mod:`.gunicorn`).
 """
 
 from __future__ import annotations
@@ -30,14 +34,15 @@ import logging
 import os
 import signal
 import threading
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from polaris_sdk import ConsumerAPI, ProviderAPI, SDKContext
 from polaris_sdk.config import Configuration
-from polaris_sdk.errors import ConfigError, PolarisError
+from polaris_sdk.errors import ClosedError, ConfigError, PolarisError
 from polaris_sdk.netinfo import detect_host, listening_port
 from polaris_sdk.provider.exit import EXIT_THREAD, ExitHandler
 
@@ -105,6 +110,8 @@ class ServingOptions:
 class Serving:
     """Registers this process (threads); the integrations for WSGI frameworks use it."""
 
+    _started: ClassVar[weakref.WeakSet[Serving]] = weakref.WeakSet()
+
     def __init__(self, options: ServingOptions) -> None:
         self.options = options
         self.context: SDKContext | None = None
@@ -129,9 +136,32 @@ class Serving:
         self.consumer = ConsumerAPI(self.context)
         self._thread = threading.Thread(target=self._register, name="polaris-serving", daemon=True)
         self._thread.start()
+        Serving._started.add(self)
         if threading.current_thread() is threading.main_thread():
             self._exit = ExitHandler(self.stop, self._stop_bound)
             self._exit.install(SIGNALS)
+
+    @classmethod
+    def running(cls) -> list[Serving]:
+        """The servings started in this process and not stopped."""
+        pid = os.getpid()
+        return [s for s in list(cls._started) if s._pid == pid and not s._stopping.is_set()]
+
+    def take_signals(self) -> None:
+        """Handle SIGTERM / SIGINT again, over the handlers installed since :meth:`start`.
+
+        For servers that set up their own handlers after the application was
+        loaded and forked (gunicorn ``--preload`` workers); the handlers found
+        now are the ones the signal is passed on to after the drain. Call from
+        the main thread.
+        """
+        if self._pid != os.getpid() or self._stopping.is_set() or self.context is None:
+            return
+        old, self._exit = self._exit, ExitHandler(self.stop, self._stop_bound)
+        if old is not None:  # its handlers were replaced: end its thread, touch no handler
+            old.closing()
+            old.closed()
+        self._exit.install(SIGNALS)
 
     def stop(self) -> None:
         """Deregister (if last), drain when stopping on a signal, then close. Idempotent."""
@@ -167,7 +197,7 @@ class Serving:
         port = self.options.port_now()
         waited = 0.0
         while port is None and waited < self.options.port_wait:
-            if self._stopping.wait(_POLL):
+            if self._stopping.wait(_POLL) or self._handed_over:
                 return
             waited += _POLL
             port = self.options.port_now()
@@ -181,7 +211,10 @@ class Serving:
             req = self.options.request(self.context.config, port)
             resp = self.provider.register_instance(background=True, **req)
         except PolarisError as exc:
-            logger.error("%s: not registered: %s", self.options.service, exc)
+            if isinstance(exc, ClosedError) or self._handed_over:  # stopped meanwhile
+                logger.info("%s: %s", self.options.service, exc)
+            else:
+                logger.error("%s: not registered: %s", self.options.service, exc)
             return
         self.instance_id = resp.instance_id
 
@@ -189,19 +222,29 @@ class Serving:
         if self._pid and self._pid != os.getpid() and not self._stopping.is_set():
             self.instance_id = None
             self._exit = None
+            self._handed_over = False
             self._pid = 0
             self.start()
 
     def _hand_over(self) -> None:
-        """This process forked workers: they serve and register; it stops holding the instance."""
+        """This process forked workers: they serve and register; it stops holding the instance.
+
+        Without deregistering it: the children register the same instance
+        (and take their leases) within moments, and a deregistration by this
+        process would take it away in between. A registration of ours still
+        on the wire is waited for first (bounded by the call's timeout).
+        """
         if self._handed_over or self._pid != os.getpid() or self.provider is None:
             return
         self._handed_over = True
-        provider = self.provider
+        provider, thread = self.provider, self._thread
+        timeout = self.context.config.api.timeout if self.context is not None else 0.0
 
         def hand_over() -> None:
+            if thread is not None:
+                thread.join(timeout)
             with contextlib.suppress(PolarisError):
-                provider.close()
+                provider.close(deregister=False)
 
         threading.Thread(target=hand_over, name="polaris-handover", daemon=True).start()
 

@@ -22,7 +22,9 @@ Contract (on the asyncio twins; see :mod:`polaris_sdk.integrations._serving`):
 * On SIGTERM / SIGINT (uvicorn, single process or ``--workers``): the
   instance is deregistered (by the last worker of the instance), the app
   keeps serving for the drain period, then uvicorn's own handler gets the
-  signal and stops accepting. A second signal goes to uvicorn at once.
+  signal and stops accepting. A second signal goes to uvicorn at once. A
+  registration still on the wire then is let finish (bounded by
+  ``global.api.timeout``) and deregistered, never left behind.
 * On shutdown: whatever is left is deregistered and closed.
 * Importing this module imports nothing of Starlette.
 """
@@ -39,7 +41,7 @@ from types import FrameType
 from typing import Any
 
 from polaris_sdk.aio import AsyncConsumerAPI, AsyncProviderAPI, AsyncSDKContext
-from polaris_sdk.errors import PolarisError
+from polaris_sdk.errors import ClosedError, PolarisError
 from polaris_sdk.integrations._serving import SIGNALS, ServingOptions, chain_signal
 
 __all__ = ["AsyncServing", "polaris_lifespan"]
@@ -61,6 +63,7 @@ class AsyncServing:
         self._previous: dict[int, Any] = {}
         self._draining = False
         self._register_task: asyncio.Task[None] | None = None
+        self._sending = False  # the registration is on the wire: let it finish
 
     async def start(self) -> None:
         self._register_task = self.context.spawn("polaris-serving", self._register)
@@ -71,8 +74,7 @@ class AsyncServing:
                 signal.signal(sig, lambda s, f: self._on_signal(loop, s, f))
 
     async def stop(self) -> None:
-        if self._register_task is not None:
-            self._register_task.cancel()
+        self._stop_registering()
         self._restore()
         with contextlib.suppress(PolarisError):
             await self.provider.aclose()
@@ -91,9 +93,8 @@ class AsyncServing:
         loop.call_soon_threadsafe(lambda: loop.create_task(self._drain(sig, frame)))
 
     async def _drain(self, sig: int, frame: FrameType | None) -> None:
-        registered = self.instance_id is not None
-        if self._register_task is not None:
-            self._register_task.cancel()
+        registered = self.instance_id is not None or self._sending
+        self._stop_registering()
         try:
             await self.provider.aclose()  # deregisters, unless other workers still hold it
         except PolarisError as exc:
@@ -105,6 +106,14 @@ class AsyncServing:
         previous = self._previous.get(sig)
         self._restore()
         chain_signal(previous, sig, frame)
+
+    def _stop_registering(self) -> None:
+        """No more waiting for a port. A registration on the wire is not cancelled (it
+        could land all the same and stay): the provider's close waits for it, bounded,
+        and it deregisters itself."""
+        task = self._register_task
+        if task is not None and not self._sending:
+            task.cancel()
 
     def _restore(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -125,10 +134,16 @@ class AsyncServing:
             return
         try:
             req = self.options.request(self.context.config, port)
+            self._sending = True
             resp = await self.provider.register_instance(background=True, **req)
+        except ClosedError as exc:  # stopped meanwhile: deregistered again
+            logger.info("%s: %s", self.options.service, exc)
+            return
         except PolarisError as exc:
             logger.error("%s: not registered: %s", self.options.service, exc)
             return
+        finally:
+            self._sending = False
         self.instance_id = resp.instance_id
 
 

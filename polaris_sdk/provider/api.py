@@ -15,7 +15,8 @@ Contract:
   ``ProviderAPI.create(...)`` makes and owns a context. ``close()`` is
   idempotent: it stops this facade's heartbeats and deregisters the
   instances it registered with ``register_instance`` (unless
-  ``provider.deregisterOnClose`` is false), then closes an owned context.
+  ``provider.deregisterOnClose`` is false or ``close(deregister=False)``),
+  then closes an owned context.
   Closing the context closes the flow the same way.
 * Status callbacks (``on_status``) run on the flow's listener threads, one
   at a time, never on the scheduler; ``close()`` waits a bounded time
@@ -149,7 +150,12 @@ class ProviderAPI(Closing):
         validate_register(req)
         self._check_open()
         ttl = req.ttl if req.ttl is not None else self._ctx.config.provider.heartbeat_ttl
-        return self._flow.register(req, ttl, owner=self, background=background)
+        try:
+            return self._flow.register(req, ttl, owner=self, background=background)
+        except ClosedError:
+            # Closed while on the wire, by an exit signal: the process ends by it here.
+            self._exit.hold_main_thread()
+            raise
 
     def register(
         self, request: InstanceRegisterRequest | None = None, /, **fields: Any
@@ -186,8 +192,13 @@ class ProviderAPI(Closing):
 
     # ------------------------------------------------------------ closing
 
-    def close(self) -> None:
-        """Stop heartbeats and deregister what ``register_instance`` registered. Idempotent."""
+    def close(self, *, deregister: bool | None = None) -> None:
+        """Stop heartbeats and deregister what ``register_instance`` registered. Idempotent.
+
+        ``deregister=False`` leaves the instances registered (they lapse after
+        their TTL unless another process heartbeats them); the default is
+        ``provider.deregisterOnClose``.
+        """
         with self._lock:
             if self._closed:
                 return
@@ -195,7 +206,7 @@ class ProviderAPI(Closing):
         self._exit.closing()
         try:
             if not self._flow.closed:
-                self._flow.close(owner=self)
+                self._flow.close(owner=self, deregister=deregister)
         finally:
             try:
                 # Statuses already handed out (the final "deregistered") still
@@ -228,8 +239,10 @@ class ProviderAPI(Closing):
             raise ClosedError("the SDKContext is closed")
 
     def _close_bound(self) -> float:
-        """A liveness bound on close(): its deregistrations, then the listeners' drain."""
-        return self._flow.close_budget(owner=self) + STATUS_DRAIN_TIMEOUT + 2.0
+        """A liveness bound on close(): its deregistrations, a registration still on the
+        wire, then the listeners' drain."""
+        budget = self._flow.close_budget(owner=self) + self._ctx.config.api.timeout
+        return budget + STATUS_DRAIN_TIMEOUT + 2.0
 
     def _filter_status(self, status: RegistrationStatus, owner: object) -> None:
         if owner is self and self._on_status is not None:

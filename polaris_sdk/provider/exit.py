@@ -13,6 +13,11 @@ Contract:
   then sends the signal again to the main thread, whose handler now passes
   it to the previous handler (with the default one the process ends as it
   would have).
+* A call on the main thread that the close interrupted (a
+  ``register_instance`` on the wire, deregistered again) calls
+  :meth:`ExitHandler.hold_main_thread` before raising: it waits, bounded,
+  for the signal to be passed on, so the process ends by the signal rather
+  than by the main thread's exception.
 * The facade calls :meth:`ExitHandler.closing` when its close starts and
   :meth:`ExitHandler.closed` when it is done: that restores the previous
   handlers (a signal that came during close() was held until then) and
@@ -62,6 +67,8 @@ class ExitHandler:
         self._thread: threading.Thread | None = None
         self._fd: int | None = None  # write end of the pipe to the exit thread
         self._thread_done = False  # the exit thread has ended: handlers pass signals on
+        self._signalled = threading.Event()  # the exit thread is handling a signal
+        self._passed_on = threading.Event()  # ...and has sent it on to the main thread
         _fork.track(self)
 
     def _reset_after_fork(self) -> None:
@@ -73,6 +80,8 @@ class ExitHandler:
         self._thread = None
         self._thread_done = True
         self._done = threading.Event()
+        self._signalled = threading.Event()
+        self._passed_on = threading.Event()
 
     def install(self, signals: Iterable[int]) -> None:
         """Close at interpreter exit and on ``signals``; call from the main thread."""
@@ -102,6 +111,19 @@ class ExitHandler:
         # it goes to the previous handler.
         self._restore_signals()
         self._stop_thread()
+
+    def hold_main_thread(self) -> None:
+        """On the main thread, while a signal is being handled: wait until it is passed on.
+
+        For a call that the signal's close() interrupted (a ``register_instance``
+        on the wire): with the default handler the process then ends here, by
+        the signal, instead of the main thread raising and exiting on its own
+        first. Bounded; returns at once when no signal is being handled.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if self._signalled.is_set():
+            self._passed_on.wait(self._close_bound() + 1.0)
 
     # ------------------------------------------------------------ internal
 
@@ -150,6 +172,7 @@ class ExitHandler:
             os.close(read_fd)
         if not signum:
             return
+        self._signalled.set()
         logger.info("signal %d: closing the provider and deregistering", signum)
         bound = self._close_bound()
         try:
@@ -163,6 +186,7 @@ class ExitHandler:
         # another thread and leave the main one asleep. Its handler sees
         # _thread_done and passes the signal to the previous handler.
         signal.pthread_kill(threading.main_thread().ident or 0, signum)
+        self._passed_on.set()
 
     def _stop_thread(self) -> None:
         thread = self._thread

@@ -18,8 +18,10 @@ Contract:
 * A registration that completes after its owner (or the flow) was closed is
   not kept: it is deregistered again and ``register()`` raises
   :class:`~polaris_sdk.errors.ClosedError`, so close() leaves nothing behind.
-  Closing the whole flow waits (bounded) for registrations on the wire, so
-  they can still deregister before the connector goes.
+  A close waits (bounded: one more ``global.api.timeout``) for the
+  registrations on the wire that it closes (its owner's, or all), so they
+  can still deregister before the connector goes or the process ends (a
+  SIGTERM during ``register_instance`` with ``deregister_on_exit()``).
 * ``deregister()`` first stops the instance's heartbeats and waits for any
   heartbeat or re-registration in flight, then sends DeregisterInstance; no
   heartbeat can revive the instance after that.
@@ -175,7 +177,7 @@ class RegisterFlow:
         self._lock = threading.Lock()  # guards the registry and id locks; never held across I/O
         self._registry: Registry[_Reg] = Registry()
         self._id_locks: KeyedLocks[threading.Lock] = KeyedLocks(threading.Lock)
-        self._registered_all = threading.Condition(self._lock)  # no register() in flight
+        self._register_ended = threading.Condition(self._lock)  # a register() call ended
         self._listeners: list[tuple[OwnedStatusListener, Mailbox[_Delivery]]] = []
         self._dispatcher = Dispatcher(STATUS_THREAD, max_workers=_STATUS_WORKERS)
         self._driver = HeartbeatDriver(
@@ -195,7 +197,7 @@ class RegisterFlow:
         if closed:
             self._registry.close()
         self._id_locks = KeyedLocks(threading.Lock)
-        self._registered_all = threading.Condition(self._lock)
+        self._register_ended = threading.Condition(self._lock)
         self._listeners = []
         self._dispatcher = Dispatcher(STATUS_THREAD, max_workers=_STATUS_WORKERS)
 
@@ -247,7 +249,7 @@ class RegisterFlow:
             req.namespace, req.service, req.host, req.port, req.vpc_id
         )
         key = request_lease_key(req)
-        with self._in_flight(), self._instance_lock(iid):
+        with self._in_flight(owner), self._instance_lock(iid):
             old = self._untrack(iid)
             if old is not None:
                 self._driver.stop(old)
@@ -380,10 +382,11 @@ class RegisterFlow:
                 logger.error("close: stopping an instance failed", exc_info=future.exception())
         if not_done:
             logger.warning("close: %d instances not deregistered in time", len(not_done))
+        # A registration on the wire (of the owner, or any) takes up to one
+        # api.timeout, then sees the close and deregisters itself (see
+        # register()): wait for it, so the process does not end before that.
+        self._await_registrations(deadline + self._config.api.timeout, owner)
         if owner is None:
-            # A registration on the wire takes up to one api.timeout, then
-            # deregisters itself (see register()).
-            self._await_registrations(deadline + self._config.api.timeout)
             self._close_listeners()
 
     # ------------------------------------------------------------ internal
@@ -394,27 +397,29 @@ class RegisterFlow:
         return self._config.api.timeout * max(1, math.ceil(instances / 1000))
 
     @contextmanager
-    def _in_flight(self) -> Iterator[None]:
-        """Count a register() call, refused once the flow is closed."""
+    def _in_flight(self, owner: object) -> Iterator[None]:
+        """Count a register() call of ``owner``, refused once the flow is closed."""
         with self._lock:
-            self._registry.begin_register()
+            self._registry.begin_register(owner)
         try:
             yield
         finally:
             with self._lock:
-                if self._registry.end_register():
-                    self._registered_all.notify_all()
+                self._registry.end_register(owner)
+                self._register_ended.notify_all()
 
-    def _await_registrations(self, deadline: float) -> None:
+    def _await_registrations(self, deadline: float, owner: object = None) -> None:
+        """Wait until no register() call of ``owner`` (of anyone: None) is in flight."""
         with self._lock:
-            while self._registry.registering:
+            while self._registry.registering_for(owner):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     logger.warning(
-                        "close: %d registrations still on the wire", self._registry.registering
+                        "close: %d registrations still on the wire",
+                        self._registry.registering_for(owner),
                     )
                     return
-                self._registered_all.wait(remaining)
+                self._register_ended.wait(remaining)
 
     @contextmanager
     def _instance_lock(self, iid: str) -> Iterator[None]:

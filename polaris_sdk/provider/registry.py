@@ -10,7 +10,8 @@ Contract:
   pending timer of its driver and its :class:`~polaris_sdk.provider.core.StepReporter`.
 * The decisions a driver must take the same way, whichever front end it
   serves: which id an address names (:meth:`Registry.instance_id_for`);
-  whether a register call may start (:meth:`Registry.begin_register`);
+  whether a register call may start (:meth:`Registry.begin_register`) and
+  how many of an owner's are in flight (:meth:`Registry.registering_for`);
   whether a registration that has just completed is kept or must be
   deregistered again because its owner or the registry closed meanwhile
   (:meth:`Registry.track` is false); which instances a close stops
@@ -111,6 +112,7 @@ class Registry(Generic[R]):
         self._by_id: dict[str, R] = {}
         self._by_address: dict[AddressKey, str] = {}
         self._registering = 0
+        self._registering_by: dict[int, int] = {}  # id(owner) -> register calls in flight
         self._closed = False
 
     @property
@@ -122,6 +124,12 @@ class Registry(Generic[R]):
         """Register calls between :meth:`begin_register` and :meth:`end_register`."""
         return self._registering
 
+    def registering_for(self, owner: object = None) -> int:
+        """Register calls in flight for ``owner`` (all of them when None)."""
+        if owner is None:
+            return self._registering
+        return self._registering_by.get(id(owner), 0)
+
     def instance_id_for(
         self, namespace: str, service: str, host: str, port: int | None, vpc: str
     ) -> str:
@@ -130,15 +138,23 @@ class Registry(Generic[R]):
         known = self._by_address.get(address)
         return known or instance_id(namespace, service, host, port or 0, vpc)
 
-    def begin_register(self) -> None:
-        """Count a register call; :class:`ClosedError` once the registry is closed."""
+    def begin_register(self, owner: object = None) -> None:
+        """Count a register call of ``owner``; :class:`ClosedError` once the registry is closed."""
         if self._closed:
             raise ClosedError("the provider is closed")
         self._registering += 1
+        key = id(owner)
+        self._registering_by[key] = self._registering_by.get(key, 0) + 1
 
-    def end_register(self) -> bool:
+    def end_register(self, owner: object = None) -> bool:
         """The call counted by :meth:`begin_register` ended; True if none is left."""
         self._registering -= 1
+        key = id(owner)
+        left = self._registering_by[key] - 1
+        if left:
+            self._registering_by[key] = left
+        else:
+            del self._registering_by[key]
         return self._registering == 0
 
     def track(self, reg: R) -> bool:

@@ -16,15 +16,18 @@ from polaris_sdk import SDKContext
 from polaris_sdk.server import PolarisServer
 from polaris_sdk.server.auth import Action
 from tests.connector.servers import RecordingAuthorizer, address_of
+from tests.faults.proxy import FaultProxy
 from tests.provider.conftest import listed
 from tests.support import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def spawn(server: PolarisServer, transport: str, *argv: str) -> subprocess.Popen[str]:
-    env = dict(os.environ)
-    env["POLARIS_ADDRESSES"] = address_of(server, transport)
+def spawn(
+    server: PolarisServer, transport: str, *argv: str, address: str | None = None, **env_vars: str
+) -> subprocess.Popen[str]:
+    env = {**os.environ, **env_vars}
+    env["POLARIS_ADDRESSES"] = address or address_of(server, transport)
     env["POLARIS_PROTOCOL"] = transport
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.Popen(
@@ -178,3 +181,60 @@ def test_the_previous_handler_runs_on_the_main_thread_after_close(
     assert proc.returncode == 3, output
     assert "previous handler on MainThread, 0 left" in output, output
     assert registered_then_deregistered(authorizer, "chained"), output
+
+
+SLOW_REGISTER = textwrap.dedent(
+    """
+    import sys, threading
+    from polaris_sdk import ProviderAPI, SDKContext
+    if sys.argv[2] == "owned":
+        provider = ProviderAPI.create()
+    else:  # a facade on a context of the application's
+        provider = ProviderAPI(SDKContext.create())
+    provider.deregister_on_exit()
+    print("registering", flush=True)
+    provider.register_instance(service=sys.argv[1], host="127.0.0.1", port=1, ttl=1)
+    print("registered", flush=True)
+    threading.Event().wait()
+    """
+)
+
+
+@pytest.mark.parametrize("context", ["owned", "shared"])
+def test_sigterm_while_registering_ends_deregistered(
+    server: PolarisServer,
+    transport: str,
+    observer: SDKContext,
+    authorizer: RecordingAuthorizer,
+    process_guard: list[subprocess.Popen[str]],
+    context: str,
+) -> None:
+    """The register is on the wire (held by a slow network) when SIGTERM comes: close()
+    waits for it, bounded, and deregisters the instance before the process ends."""
+    service = f"slow-{context}"
+    host, port = address_of(server, transport).rsplit(":", 1)
+    with FaultProxy((host, int(port))) as proxy:
+        proxy.delay(up=1.5)  # each request reaches the server 1.5 s after it is sent
+        proc = spawn(
+            server,
+            transport,
+            *("-c", SLOW_REGISTER, service, context),
+            address=proxy.address,
+            POLARIS_MESSAGE_TIMEOUT="5s",  # a slow network, not a failed attempt
+            POLARIS_API_TIMEOUT="6s",
+        )
+        process_guard.append(proc)
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "registering", proc.communicate()[0]
+        wait_until(lambda: proxy.stats().requests >= 1, timeout=10)  # sent, not arrived
+        assert authorizer.actions(service=service) == []
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=30)
+        assert proc.returncode == -signal.SIGTERM, output
+        assert "registered\n" not in output
+        # It landed after the signal (had the process ended first, it would still
+        # land, and stay), and was taken off again before the process ended.
+        wait_until(lambda: authorizer.actions(Action.REGISTER, service), timeout=10)
+        assert registered_then_deregistered(authorizer, service), output
+        assert listed(observer, service) == {}
+        assert proxy.errors == []

@@ -364,6 +364,20 @@ def test_close_can_keep_the_instances_registered(
     assert iid in listed(observer)
 
 
+def test_close_without_deregistering_leaves_the_instances_registered(
+    config: Configuration, observer: SDKContext, authorizer: RecordingAuthorizer
+) -> None:
+    with ProviderAPI.create(config) as provider:
+        kept = provider.register_instance(echo(service="kept")).instance_id
+        other = ProviderAPI(provider.context)
+        other.register_instance(echo(service="kept", port=8081))
+        other.close(deregister=False)
+        provider.close(deregister=False)
+        provider.close()  # idempotent: the first close decided
+    assert Action.DEREGISTER not in [r.action for r in authorizer.actions(service="kept")]
+    assert len(listed(observer, "kept")) == 2 and kept in listed(observer, "kept")
+
+
 def test_deregister_stops_heartbeats_and_none_revives_it(
     clock: FakeClock, provider: ProviderAPI, observer: SDKContext, authorizer: RecordingAuthorizer
 ) -> None:

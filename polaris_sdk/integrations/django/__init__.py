@@ -10,7 +10,9 @@ Usage, in ``settings.py``::
 workers), ``drain``, ``settings`` (arguments of ``SDKContext.create``) and
 any ``register_instance`` field. Registration starts when the app registry
 is ready; see :mod:`polaris_sdk.integrations._serving`. Management commands
-other than ``runserver`` do not register. :func:`serving` returns the
+(``manage.py``, ``django-admin``, ``python -m django``) other than
+``runserver`` do not register, nor does the file-watching parent process of
+``runserver`` (its child, which serves, does). :func:`serving` returns the
 :class:`~polaris_sdk.integrations._serving.Serving` (its ``consumer`` for
 calling other services). Importing this package imports Django only when
 Django loads the app.

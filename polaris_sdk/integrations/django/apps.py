@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
-from typing import Any
+from typing import Any, Final
 
 from django.apps import AppConfig  # type: ignore[import-untyped]
 from django.conf import settings  # type: ignore[import-untyped]
@@ -11,13 +12,20 @@ from django.conf import settings  # type: ignore[import-untyped]
 from polaris_sdk.integrations import django as polaris_django
 from polaris_sdk.integrations._serving import Serving, ServingOptions
 
+_MANAGEMENT: Final = ("manage.py", "django-admin", "django-admin.py")
+
 
 def _serves() -> bool:
-    """Register only in a serving process: not for ``migrate``, ``shell`` and the like."""
+    """Register only in a serving process: not for ``migrate``, ``shell`` and the like,
+    nor in the file-watching parent of ``runserver`` (its child serves: ``RUN_MAIN``)."""
     argv = sys.argv
-    if len(argv) > 1 and argv[0].endswith("manage.py"):
-        return argv[1] == "runserver"
-    return True
+    program = os.path.basename(argv[0]) if argv else ""
+    management = program in _MANAGEMENT or argv[0].endswith(os.path.join("django", "__main__.py"))
+    if not management:
+        return True
+    if len(argv) < 2 or argv[1] != "runserver":
+        return False
+    return "--noreload" in argv or os.environ.get("RUN_MAIN") == "true"
 
 
 class PolarisConfig(AppConfig):  # type: ignore[misc]
