@@ -17,9 +17,9 @@ STOPPED_BY_SIGTERM = (0, -signal.SIGTERM)
 dev server re-raise the signal once they have shut down; gunicorn exits 0."""
 
 
-def answer(port: int, path: str = "/hello") -> dict[str, Any]:
+def answer(port: int, path: str = "/hello", served: Served | None = None) -> dict[str, Any]:
     got = get(port, path)
-    assert got is not None and got[0] == 200, got
+    assert got is not None and got[0] == 200, (got, served and served.output()[-3000:])
     return dict(json.loads(got[1]))
 
 

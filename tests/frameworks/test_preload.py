@@ -46,8 +46,8 @@ def test_preloaded_workers_share_the_instance_and_drain(
         up = watch.first(lambda s: port in s.ports)
         assert up is not None and watch.missing(port, since=up.t) == []
     answers_with(port, instance.id)
-    assert answer(port)["pid"] in served.workers(2)
-    assert answer(port, "/peer")["port"] == port
+    assert answer(port, served=served)["pid"] in served.workers(2)
+    assert answer(port, "/peer", served)["port"] == port
     assert deploy.registry.ports(master_service) == [7300]
 
     assert_recycle_keeps_it(deploy, served, port)
