@@ -29,42 +29,14 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.procs.servers import BIN, ROOT, children, free_port, workers
 from tests.support import wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 SERVICE = "greeter-deploy"
 TTL = 1
 STREAK = 20
 """Requests in a row that must succeed, all made after an event, before it counts as over."""
 RESULTS: dict[str, int] = {}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(p) for p in text.split()]
-
-
-def workers(pid: int) -> list[int]:
-    """The server's worker processes (not multiprocessing's resource tracker)."""
-    found = []
-    for child in children(pid):
-        try:
-            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"resource_tracker" not in cmdline:
-            found.append(child)
-    return found
 
 
 class Consumer:
