@@ -180,7 +180,7 @@ class Tap:
     every naming call of either front end passes through.
     """
 
-    def __init__(self, transport: Any, is_async: bool) -> None:
+    def __init__(self, transport: Any) -> None:
         self.counts: dict[str, int] = {}
         self.beats: list[tuple[str, float]] = []
         for name in ("exchange", "begin"):
@@ -435,7 +435,7 @@ def idle_checks(server: ServerProcess, sizes: Sizes, twin: str) -> dict[str, flo
 
     if twin == "sync":
         with SDKContext.create(addresses=[server.address], refresh_interval=sizes.refresh) as ctx:
-            tap = Tap(ctx.connector.transport, is_async=False)
+            tap = Tap(ctx.connector.transport)
             consumer = ConsumerAPI(ctx)
             for name in names:
                 consumer.watch_service(service=name, listeners=[noop])
@@ -451,7 +451,7 @@ def idle_checks(server: ServerProcess, sizes: Sizes, twin: str) -> dict[str, flo
             async with AsyncSDKContext.create(
                 addresses=[server.address], refresh_interval=sizes.refresh
             ) as actx:
-                tap = Tap(actx.connector.transport, is_async=True)
+                tap = Tap(actx.connector.transport)
                 consumer = AsyncConsumerAPI(actx)
                 for name in names:
                     await consumer.watch_service(service=name, listeners=[noop])
@@ -499,7 +499,7 @@ def heartbeats(address: str, sizes: Sizes, twin: str, count: int) -> dict[str, f
 
     if twin == "sync":
         with ProviderAPI.create(addresses=[address]) as provider:
-            tap = Tap(provider.context.connector.transport, is_async=False)
+            tap = Tap(provider.context.connector.transport)
             for i in range(count):
                 resp = provider.register_instance(
                     service=service, host="127.0.0.1", port=20000 + i, ttl=ttl
@@ -514,7 +514,7 @@ def heartbeats(address: str, sizes: Sizes, twin: str, count: int) -> dict[str, f
 
         async def run() -> tuple[Tap, int, float]:
             async with AsyncProviderAPI.create(addresses=[address]) as provider:
-                tap = Tap(provider.context.connector.transport, is_async=True)
+                tap = Tap(provider.context.connector.transport)
                 for i in range(count):
                     resp = await provider.register_instance(
                         service=service, host="127.0.0.1", port=20000 + i, ttl=ttl
