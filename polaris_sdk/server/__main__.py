@@ -178,7 +178,11 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         log.error("cannot start: %s", err)
         return 1
     try:
-        stopping.wait()
+        # A signal may be delivered to another thread (gRPC's), which leaves a
+        # wait without timeout blocked: Python runs the handler only once the
+        # main thread wakes, so wake it now and then.
+        while not stopping.wait(0.5):
+            pass
     finally:
         server.stop()
     return 0
