@@ -11,7 +11,8 @@ Contract:
   together; tasks due at the same time may run concurrently on different
   workers. A repeating task re-arms itself with ``call_at``. Short periodic
   work (revision checks, heartbeats) uses ``call_in_slot``: due times on a
-  20 ms grid (up to one slot early), and the tasks of a slot run in turn on
+  grid of 20 to 100 ms, a twentieth of the task's period (:func:`slot_for`;
+  up to one slot early), and the tasks of a slot run in turn on
   one worker in the order scheduled, so a thousand timers do not mean a
   thousand thread hand-offs. A slotted task may return a continuation (a
   callable): the worker runs every task of its batch first, then their
@@ -56,7 +57,7 @@ from typing import Any, Final
 from polaris_sdk import _fork
 from polaris_sdk.errors import ClosedError
 
-__all__ = ["Continuation", "Scheduler", "TimerHandle"]
+__all__ = ["Continuation", "Scheduler", "TimerHandle", "slot_for"]
 
 logger = logging.getLogger("polaris_sdk.scheduler")
 
@@ -64,12 +65,24 @@ TIMER_THREAD: Final = "polaris-timer"
 WORKER_PREFIX: Final = "polaris-worker"
 _MAX_BACKOFF: Final = 5.0
 SLOT: Final = 0.02
-"""Seconds per slot of :meth:`Scheduler.call_in_slot`."""
+"""Seconds per slot of :meth:`Scheduler.call_in_slot`: the narrowest grid."""
+WIDE_SLOT: Final = 0.1
+"""The widest grid :func:`slot_for` gives (a task with a period of 2 s or more)."""
 SLOT_BATCH: Final = 32
 """Most slotted tasks handed to one worker at once."""
 
 Continuation = Callable[[], object]
 """What a slotted task may return: the rest of its work, run once its batch has started."""
+
+
+def slot_for(period: float, delay: float = math.inf) -> float:
+    """The slot width for a task repeating every ``period`` seconds, due in
+    ``delay``: a twentieth of the period (of twice the delay when that is
+    shorter: a quick retry is not moved early by much), a multiple of
+    :data:`SLOT` up to :data:`WIDE_SLOT`. Wider slots gather more tasks per
+    wake-up and hand-off (and per pipelined burst of requests)."""
+    span = min(period, 2 * delay)
+    return min(WIDE_SLOT, max(1, int(span / 20 / SLOT + 1e-9)) * SLOT)
 
 
 class TimerHandle:
@@ -188,20 +201,25 @@ class Scheduler:
         """Run ``fn(*args)`` on a worker after ``delay`` seconds."""
         return self.call_at(self._clock() + max(0.0, delay), fn, *args)
 
-    def call_in_slot(self, when: float, fn: Callable[..., Any], *args: Any) -> TimerHandle:
-        """Like :meth:`call_at`, for short periodic work that may run up to :data:`SLOT`
-        early: ``when`` is rounded down to the slot grid, and the tasks of one slot
-        run one after another on one worker (at most :data:`SLOT_BATCH` per worker),
-        so many timers cost one wake-up and one hand-off per slot, not one each.
+    def call_in_slot(
+        self, when: float, fn: Callable[..., Any], *args: Any, slot: float = SLOT
+    ) -> TimerHandle:
+        """Like :meth:`call_at`, for short periodic work that may run up to ``slot``
+        seconds early: ``when`` is rounded down to a grid of that width (a multiple
+        of :data:`SLOT`; see :func:`slot_for`), and the tasks due together run one
+        after another on one worker (at most :data:`SLOT_BATCH` per worker), so many
+        timers cost one wake-up and one hand-off per slot, not one each.
         ``fn`` may return a :data:`Continuation`, run after the rest of its batch."""
         # The small epsilon keeps a time already on the grid (in decimal) where it is.
-        handle = TimerHandle(self, math.floor(when / SLOT + 1e-9) * SLOT, fn, args)
+        handle = TimerHandle(self, math.floor(when / slot + 1e-9) * slot, fn, args)
         handle._batched = True
         return self._push(handle)
 
-    def call_later_in_slot(self, delay: float, fn: Callable[..., Any], *args: Any) -> TimerHandle:
+    def call_later_in_slot(
+        self, delay: float, fn: Callable[..., Any], *args: Any, slot: float = SLOT
+    ) -> TimerHandle:
         """:meth:`call_in_slot` ``delay`` seconds from now."""
-        return self.call_in_slot(self._clock() + max(0.0, delay), fn, *args)
+        return self.call_in_slot(self._clock() + max(0.0, delay), fn, *args, slot=slot)
 
     def _push(self, handle: TimerHandle) -> TimerHandle:
         with self._cond:

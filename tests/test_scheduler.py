@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from polaris_sdk import ClosedError
-from polaris_sdk.scheduler import SLOT, Scheduler
+from polaris_sdk.scheduler import SLOT, WIDE_SLOT, Scheduler, slot_for
 from tests.support import FakeClock, wait_until
 
 
@@ -97,6 +97,56 @@ def test_slotted_tasks_run_at_their_slot_in_turn_on_one_worker(no_thread_leak: N
         wait_until(lambda: len(ran) == 4)
     finally:
         s.close()
+
+
+def test_a_wide_slot_gathers_the_tasks_due_across_it(no_thread_leak: None) -> None:
+    clock = FakeClock()
+    s = Scheduler(workers=4, clock=clock)
+    clock.wakes(s.wake)
+    ran: list[tuple[str, threading.Thread]] = []
+
+    def note(name: str) -> None:
+        ran.append((name, threading.current_thread()))
+
+    try:
+        start = clock() - clock() % WIDE_SLOT + 60
+        for name, offset in (("a", 0.01), ("b", 0.05), ("c", 0.099)):
+            s.call_in_slot(start + offset, note, name, slot=WIDE_SLOT)
+        s.call_in_slot(start + WIDE_SLOT + 0.001, note, "next slot", slot=WIDE_SLOT)
+        marker = threading.Event()
+        s.call_at(clock(), marker.set)
+        assert marker.wait(5)
+        assert ran == []
+
+        clock.advance(start - clock())  # up to one wide slot early, all three at once
+
+        wait_until(lambda: len(ran) == 3)
+        assert [name for name, _ in ran] == ["a", "b", "c"]
+        assert len({thread for _, thread in ran}) == 1
+        clock.advance(WIDE_SLOT - SLOT)
+        marker = threading.Event()
+        s.call_at(clock(), marker.set)
+        assert marker.wait(5)
+        assert len(ran) == 3  # the next wide slot has not begun
+        clock.advance(SLOT)
+        wait_until(lambda: len(ran) == 4)
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize(
+    ("period", "delay", "width"),
+    [
+        (2.0, 2.0, WIDE_SLOT),  # a refresh interval: the widest grid
+        (2.0, 1.7, WIDE_SLOT),  # a jittered refresh keeps it
+        (5.0, 5.0, WIDE_SLOT),  # a heartbeat TTL
+        (1.0, 1.0, 2 * SLOT),  # a twentieth, rounded down to the 20 ms grid
+        (0.2, 0.2, SLOT),  # never narrower than SLOT
+        (30.0, 0.05, SLOT),  # a quick retry is not moved early by much
+    ],
+)
+def test_slot_width_follows_the_period(period: float, delay: float, width: float) -> None:
+    assert slot_for(period, delay) == pytest.approx(width)
 
 
 def test_a_slots_tasks_all_start_before_any_continuation(

@@ -43,7 +43,7 @@ from polaris_sdk.cache.reflector_core import (
 from polaris_sdk.errors import ClosedError, PolarisError
 from polaris_sdk.model import ServiceInstances, ServiceKey
 from polaris_sdk.observe import Observers
-from polaris_sdk.scheduler import Continuation
+from polaris_sdk.scheduler import Continuation, slot_for
 
 __all__ = [
     "Cancellable",
@@ -68,7 +68,7 @@ class Scheduler(Protocol):
     """The part of the context's scheduler the reflector uses."""
 
     def call_later_in_slot(
-        self, delay: float, fn: Callable[..., Any], *args: Any
+        self, delay: float, fn: Callable[..., Any], *args: Any, slot: float = ...
     ) -> Cancellable: ...
 
 
@@ -297,7 +297,9 @@ class Reflector(ReflectorDriver):
             if self._stopped:
                 return
             try:
-                self._handle = self._scheduler.call_later_in_slot(delay, self._tick)
+                self._handle = self._scheduler.call_later_in_slot(
+                    delay, self._tick, slot=slot_for(self._options.refresh_interval, delay)
+                )
             except ClosedError:
                 # The context is closing; the cache's close() follows.
                 self._stopped = True

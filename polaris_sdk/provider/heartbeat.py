@@ -45,7 +45,7 @@ from polaris_sdk.provider.core import (
     Step,
 )
 from polaris_sdk.provider.registry import Registration
-from polaris_sdk.scheduler import Continuation, Scheduler
+from polaris_sdk.scheduler import Continuation, Scheduler, slot_for
 
 __all__ = ["HeartbeatDriver", "Notify", "ThreadedRegistration"]
 
@@ -109,7 +109,8 @@ class HeartbeatDriver:
             if reg.stopped:
                 return
             try:
-                reg.handle = self._scheduler.call_in_slot(step.at, self._tick, reg, step)
+                slot = slot_for(reg.core.ttl, step.at - self.now())
+                reg.handle = self._scheduler.call_in_slot(step.at, self._tick, reg, step, slot=slot)
             except ClosedError:
                 reg.handle = None
             except Exception:

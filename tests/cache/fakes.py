@@ -57,7 +57,9 @@ class ManualScheduler:
     def __init__(self) -> None:
         self.pending: list[tuple[float, Callable[..., Any], tuple[Any, ...], _Handle]] = []
 
-    def call_later_in_slot(self, delay: float, fn: Callable[..., Any], *args: Any) -> _Handle:
+    def call_later_in_slot(
+        self, delay: float, fn: Callable[..., Any], *args: Any, slot: float = 0.02
+    ) -> _Handle:
         handle = _Handle()
         self.pending.append((delay, fn, args, handle))
         return handle

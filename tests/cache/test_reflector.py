@@ -216,7 +216,7 @@ def test_a_closed_scheduler_ends_the_loop() -> None:
     lister.script(KEY, ONE)
     reflector, _, scheduler, _ = make(lister)
 
-    def closed(*args: object) -> None:
+    def closed(*args: object, **kwargs: object) -> None:
         raise ClosedError("closed")
 
     scheduler.call_later_in_slot = closed  # type: ignore[method-assign, assignment]
@@ -291,7 +291,7 @@ def test_a_scheduler_that_refuses_the_next_round_is_reported(
     lister.script(KEY, ONE)
     reflector, _, scheduler, _ = make(lister)
 
-    def broken(*args: object) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("timer heap broke")
 
     scheduler.call_later_in_slot = broken  # type: ignore[method-assign, assignment]
