@@ -136,9 +136,9 @@ class AsyncConsumerAPI(AsyncClosing):
         entry = cached_entry(self._cache, namespace, req.service)
         if entry is None or self._closed:
             entry = await self._entry(namespace, req.service)
-        generation = self._breakers.generation(namespace, req.service)
+        stamp = self._breakers.stamp(namespace, req.service)
         picker = self._selector.picker(entry, namespace, req.service, policy, wanted)
-        self._warm.remember(request, fields, (namespace, req.service), entry, picker, generation)
+        self._warm.remember(request, fields, (namespace, req.service), entry, picker, stamp)
         return pick_from(picker, entry, key)
 
     # --------------------------------------------------------- call results

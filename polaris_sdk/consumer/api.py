@@ -50,7 +50,12 @@ from polaris_sdk.cache import CacheOptions, ConnectionState, Entry, ServiceCache
 from polaris_sdk.cache.listwatch import MISSING_REVISION
 from polaris_sdk.cache.store import Store
 from polaris_sdk.config import Configuration
-from polaris_sdk.consumer.breakers import CircuitBreakers, EventListener
+from polaris_sdk.consumer.breakers import (
+    CircuitBreakers,
+    EventListener,
+    ServiceBreakers,
+    Stamp,
+)
 from polaris_sdk.consumer.cbrules import RulePoller
 from polaris_sdk.consumer.circuitbreaker import check_outcome
 from polaris_sdk.consumer.loadbalancer import (
@@ -212,9 +217,9 @@ class ConsumerAPI(Closing):
         req = coerce_request(GetOneInstanceRequest, request, fields)
         namespace, policy, wanted, key = one_instance_query(req, self._default_policy)
         entry = self._entry(namespace, req.service)
-        generation = self._breakers.generation(namespace, req.service)
+        stamp = self._breakers.stamp(namespace, req.service)
         picker = self._selector.picker(entry, namespace, req.service, policy, wanted)
-        self._warm.remember(request, fields, (namespace, req.service), entry, picker, generation)
+        self._warm.remember(request, fields, (namespace, req.service), entry, picker, stamp)
         return pick_from(picker, entry, key)
 
     # --------------------------------------------------------- call results
@@ -389,11 +394,18 @@ def pick_from(picker: Picker | None, entry: Entry, key: bytes | None = None) -> 
     return picker.pick(key)
 
 
+_INF: Final = float("inf")
 MAX_WARM: Final = 1024
 """Calls remembered by :class:`WarmPicks` before it starts afresh."""
 
 _WarmKey = tuple[Any, Any, Any]
-_Warm = tuple[tuple[str, str], ServiceInstances, int, Callable[[bytes | None], Instance]]
+_Warm = tuple[
+    tuple[str, str],
+    ServiceInstances,
+    ServiceBreakers | None,
+    int,
+    Callable[[bytes | None], Instance],
+]
 
 
 class WarmPicks:
@@ -451,11 +463,17 @@ class WarmPicks:
             found = held[1]
         if found is None:
             return None
-        named, snapshot, generation, pick = found
+        named, snapshot, record, number, pick = found
         entry = self._store.lookup_named(named)
         if entry is None or entry.snapshot is not snapshot:
             return None
-        if self._breakers.generation(*named) != generation:
+        # The breakers' stamp (CircuitBreakers.stamp) still holds: read inline.
+        if record is None:
+            if self._breakers.added != number:
+                return None
+        elif record.generation != number or (
+            record.wake_at != _INF and self._breakers.clock() >= record.wake_at
+        ):
             return None
         return pick(None)
 
@@ -466,14 +484,14 @@ class WarmPicks:
         named: tuple[str, str],
         entry: Entry,
         picker: Picker | None,
-        generation: int,
+        stamp: Stamp,
     ) -> None:
         """Keep what the full path found for this (valid) call, if it can be warm:
         ``picker`` over ``entry``, the cache's entry of ``named`` (namespace, service),
-        built with the service's breakers at ``generation`` (read before building)."""
+        built with the service's breakers at ``stamp`` (read before building)."""
         if picker is None:
             return
-        warm = (named, entry.snapshot, generation, picker.pick)
+        warm = (named, entry.snapshot, stamp[0], stamp[1], picker.pick)
         # A full memo is replaced, never cleared: a reader may be holding it.
         if request is not None:
             # Frozen, and a metadata of None cannot be filled in later.

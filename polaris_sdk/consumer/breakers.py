@@ -58,6 +58,7 @@ __all__ = [
     "CircuitBreakers",
     "GuardedPicker",
     "ServiceBreakers",
+    "Stamp",
 ]
 
 logger = logging.getLogger("polaris_sdk.consumer.circuitbreaker")
@@ -136,6 +137,10 @@ class ServiceBreakers:
         self.generation += 1
 
 
+Stamp = tuple[ServiceBreakers | None, int]
+"""What :meth:`CircuitBreakers.stamp` answers."""
+
+
 class GuardedPicker:
     """Hands out a HALF_OPEN instance only while its breaker grants probes."""
 
@@ -178,6 +183,9 @@ class CircuitBreakers:
         self._on_new_service = on_new_service
         self._by_namespace: dict[str, dict[str, ServiceBreakers]] = {}
         self._count = 0
+        self.added = 0
+        """How many services' records were made: a :meth:`stamp` without a record
+        holds until this changes."""
         self._lock = threading.Lock()
         self._listeners: list[tuple[EventListener, Poster]] = []
         self._closers: list[Callable[[], Any]] = []
@@ -191,6 +199,19 @@ class CircuitBreakers:
     def get(self, namespace: str, service: str) -> ServiceBreakers | None:
         services = self._by_namespace.get(namespace)
         return None if services is None else services.get(service)
+
+    def stamp(self, namespace: str, service: str) -> Stamp:
+        """:meth:`generation`, as what a memo checks it by without a dict lookup:
+        ``(record, its generation)``, or ``(None, added)`` while the service has
+        no record. It holds while the record's generation stays the same and its
+        ``wake_at`` has not come (:meth:`generation` would half-open a breaker
+        then), or, without a record, while :attr:`added` stays the same."""
+        added = self.added  # before the lookup: a record made after it changes it
+        services = self._by_namespace.get(namespace)
+        found = None if services is None else services.get(service)
+        if found is None:
+            return None, added
+        return found, self.generation(namespace, service)
 
     def generation(self, namespace: str, service: str) -> int:
         """Changes whenever what :meth:`admit` answers for the service may change."""
@@ -415,6 +436,7 @@ class CircuitBreakers:
             found = ServiceBreakers(key)
             services[key.service] = found
             self._count += 1
+            self.added += 1
         if notify and self._on_new_service is not None:
             self._on_new_service(key)
         return found

@@ -8,7 +8,7 @@ import pytest
 
 from polaris_sdk import ClosedError, ConsumerAPI, GetOneInstanceRequest, SDKContext, wire
 from polaris_sdk.connector.mock import MockTransport
-from tests.support import wait_until
+from tests.support import FakeClock, wait_until
 
 
 class Service:
@@ -103,3 +103,27 @@ def test_warm_calls_raise_closed_error_once_the_context_or_facade_is_closed(
     ):
         with pytest.raises(ClosedError):
             call()
+
+
+def test_warm_calls_see_a_breaker_open_and_its_sleep_window_end(service: Service) -> None:
+    service.set("r1", (1, "a"), (2, "a"))
+    clock = FakeClock()
+    with SDKContext.create(transport=MockTransport(service.handler), refresh_interval=3600) as ctx:
+        consumer = ConsumerAPI(ctx)
+        consumer._breakers.clock = clock  # the breakers' time, injected
+        request = GetOneInstanceRequest(service="echo")
+
+        def picked() -> set[int]:
+            by_keywords = {consumer.get_one_instance(service="echo").port for _ in range(100)}
+            return by_keywords | {consumer.get_one_instance(request).port for _ in range(100)}
+
+        # Remembered while the service has no breaker at all.
+        assert picked() == {1, 2}
+        consumer.update_service_call_result(
+            service="echo", host="127.0.0.1", port=2, ret_status="unreachable"
+        )
+        assert picked() == {1}
+        clock.advance(29.9)
+        assert picked() == {1}
+        clock.advance(0.1)  # the 30 s sleep window is over: a few probes go to 2
+        assert 2 in picked()
