@@ -76,6 +76,8 @@ from polaris_sdk.connector.mock import MockTransport  # noqa: E402
 README = ROOT / "bench" / "README.md"
 HEADING = "## Cost of keeping caches and registrations alive (bench/cost_bench.py)"
 TWINS = ("sync", "async")
+FLOOR_PARTS = 3
+"""Each floor measurement is this many shorter ones, alternating floors."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,6 +262,9 @@ class RawStub:
     def unary(self, name: str, request: Any) -> Any:
         return self._unary[name](request, timeout=10)
 
+    def future(self, name: str) -> Callable[..., Any]:
+        return self._unary[name].future  # type: ignore[no-any-return]
+
     def discover_stream(self) -> tuple[queue.SimpleQueue[Any], Iterator[Any]]:
         requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
         answers = self._discover(iter(requests.get, None), timeout=600)
@@ -304,8 +309,14 @@ def floor_discover(address: str, service: str, calls: int) -> float:
         stub.close()
 
 
-def floor_heartbeat(address: str, calls: int) -> float:
-    """CPU seconds of one bare blocking Heartbeat unary."""
+FUTURES_BURST = 20
+"""Heartbeats per burst of the pipelined reference (a 100 ms slot's share of 200/s)."""
+
+
+def floor_heartbeat(address: str, calls: int, burst: int = 0) -> float:
+    """CPU seconds of one bare blocking Heartbeat unary; with ``burst``, of one of
+    ``burst`` unaries started as futures together and then awaited, a pause of
+    5 ms between bursts (how a pipelined slot sends them: the reference, not the floor)."""
     stub = RawStub(address)
     try:
         inst = wire.Instance()
@@ -320,6 +331,19 @@ def floor_heartbeat(address: str, calls: int) -> float:
         beat = wire.Instance(id=wire.StringValue(value=answer.instance.id.value))
         for _ in range(100):
             stub.unary("Heartbeat", beat)
+        if burst:
+            send = stub.future("Heartbeat")
+            rounds = max(1, calls // burst)
+            cpu = 0.0
+            for _ in range(rounds):
+                time.sleep(0.005)  # the answers are in: gRPC's threads go idle
+                cpu0 = time.process_time()
+                started = [send(beat, timeout=10) for _ in range(burst)]
+                for future in reversed(started):
+                    answer = future.result()
+                cpu += time.process_time() - cpu0
+            assert answer.code.value == 200000, answer.code.value
+            return cpu / (rounds * burst)
         cpu0 = time.process_time()
         for _ in range(calls):
             answer = stub.unary("Heartbeat", beat)
@@ -664,6 +688,7 @@ class Results:
     select: dict[str, float] = dataclasses.field(default_factory=dict)
     floor_discover: float = 0.0
     floor_heartbeat: float = 0.0
+    futures_heartbeat: float = 0.0
     idle: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
     beat: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
     load: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
@@ -840,7 +865,8 @@ def render(r: Results, before: str, after: str, quick: bool) -> str:
         "unchanged Discover exchange on an open stream made with a raw gRPC channel and "
         "the wire classes (what the official stubs do), back to back on one thread; "
         "heartbeat, one blocking Heartbeat unary on a raw channel, back to back; each the "
-        "median of three measurements (before, between and after the two twins' figures). "
+        "median of nine measurements (three alternating short ones before, between and "
+        "after the two twins' figures). "
         "Selection "
         "and memory read a service from an in-process transport (`MockTransport`). "
         f"Heartbeat figures start {s.beat_settle:g} s after the last registration, over "
@@ -856,6 +882,15 @@ def render(r: Results, before: str, after: str, quick: bool) -> str:
         f"at {s.refresh:g} s. async: everything on that loop; sync: the loop shares the "
         "process (and the GIL) with the SDK's threads."
     )
+    futures = r.futures_heartbeat
+    reference = (
+        "Reference for heartbeats (not the floor): a pipelined slot starts its beats as "
+        "gRPC futures and then awaits them; completing a future passes through grpcio's "
+        "channel thread, one thread hand-off the blocking floor does not have. Bare, "
+        f"without the SDK, in bursts of {FUTURES_BURST} (5 ms apart): {_us(futures)} per "
+        f"beat, {futures / r.floor_heartbeat:.2f}x the blocking floor; the blocking "
+        f"front end's beat is {r.beat['sync']['cpu_per_beat'] / futures:.2f}x that."
+    )
     run = (
         "Run it: `.venv/bin/python bench/cost_bench.py` (a few minutes) prints this "
         "section, `--write-readme` records it here, `--quick` is a smoke run with tiny "
@@ -869,6 +904,8 @@ def render(r: Results, before: str, after: str, quick: bool) -> str:
         *paragraph(how),
         "",
         *cost_table(r),
+        "",
+        *paragraph(reference),
         "",
         "**asyncio twin vs blocking front end**, same run:",
         "",
@@ -899,14 +936,20 @@ def measure(sizes: Sizes) -> Results:
         floor_service = f"floor-{os.getpid()}"
         register_plain(server.address, [floor_service])
         floors: list[tuple[float, float]] = []
+        futures: list[float] = []
 
         def measure_floors() -> None:
-            floors.append(
-                (
-                    floor_discover(server.address, floor_service, sizes.floor_calls),
-                    floor_heartbeat(server.address, sizes.floor_calls),
+            # Three short measurements of each, alternating: the machine's load
+            # moves within seconds, and the median of many resists a spike.
+            calls = max(100, sizes.floor_calls // FLOOR_PARTS)
+            for _ in range(FLOOR_PARTS):
+                floors.append(
+                    (
+                        floor_discover(server.address, floor_service, calls),
+                        floor_heartbeat(server.address, calls),
+                    )
                 )
-            )
+                futures.append(floor_heartbeat(server.address, calls, FUTURES_BURST))
 
         measure_floors()
         for twin in TWINS:
@@ -923,6 +966,7 @@ def measure(sizes: Sizes) -> Results:
         # The median of the floors taken before, between and after the figures.
         r.floor_discover = statistics.median(d for d, _ in floors)
         r.floor_heartbeat = statistics.median(h for _, h in floors)
+        r.futures_heartbeat = statistics.median(futures)
         for twin in TWINS:
             if sizes.fresh_load_server:
                 # The instances registered above must not load this figure's server.
