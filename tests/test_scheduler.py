@@ -69,7 +69,10 @@ def test_timers_follow_an_injected_clock(no_thread_leak: None) -> None:
         s.close()
 
 
-def test_slotted_tasks_run_at_their_slot_in_turn_on_one_worker(no_thread_leak: None) -> None:
+@pytest.mark.parametrize("slot", [SLOT, WIDE_SLOT])
+def test_slotted_tasks_run_at_their_slot_in_turn_on_one_worker(
+    no_thread_leak: None, slot: float
+) -> None:
     clock = FakeClock()
     s = Scheduler(workers=4, clock=clock)
     clock.wakes(s.wake)
@@ -79,10 +82,10 @@ def test_slotted_tasks_run_at_their_slot_in_turn_on_one_worker(no_thread_leak: N
         ran.append((name, threading.current_thread()))
 
     try:
-        start = clock() - clock() % SLOT + 60  # a slot boundary a minute ahead
-        for name, offset in (("b", 0.012), ("a", 0.004), ("c", 0.019)):
-            s.call_in_slot(start + offset, note, name)
-        s.call_in_slot(start + SLOT + 0.001, note, "next slot")
+        start = clock() - clock() % slot + 60  # a slot boundary a minute ahead
+        for name, share in (("b", 0.6), ("a", 0.2), ("c", 0.95)):
+            s.call_in_slot(start + share * slot, note, name, slot=slot)
+        s.call_in_slot(start + slot + 0.001, note, "next slot", slot=slot)
         marker = threading.Event()
         s.call_at(clock(), marker.set)
         assert marker.wait(5)
@@ -93,41 +96,11 @@ def test_slotted_tasks_run_at_their_slot_in_turn_on_one_worker(no_thread_leak: N
         wait_until(lambda: len(ran) == 3)
         assert [name for name, _ in ran] == ["b", "a", "c"]  # in the order scheduled
         assert len({thread for _, thread in ran}) == 1
-        clock.advance(SLOT)
-        wait_until(lambda: len(ran) == 4)
-    finally:
-        s.close()
-
-
-def test_a_wide_slot_gathers_the_tasks_due_across_it(no_thread_leak: None) -> None:
-    clock = FakeClock()
-    s = Scheduler(workers=4, clock=clock)
-    clock.wakes(s.wake)
-    ran: list[tuple[str, threading.Thread]] = []
-
-    def note(name: str) -> None:
-        ran.append((name, threading.current_thread()))
-
-    try:
-        start = clock() - clock() % WIDE_SLOT + 60
-        for name, offset in (("a", 0.01), ("b", 0.05), ("c", 0.099)):
-            s.call_in_slot(start + offset, note, name, slot=WIDE_SLOT)
-        s.call_in_slot(start + WIDE_SLOT + 0.001, note, "next slot", slot=WIDE_SLOT)
+        clock.advance(slot - SLOT)
         marker = threading.Event()
         s.call_at(clock(), marker.set)
         assert marker.wait(5)
-        assert ran == []
-
-        clock.advance(start - clock())  # up to one wide slot early, all three at once
-
-        wait_until(lambda: len(ran) == 3)
-        assert [name for name, _ in ran] == ["a", "b", "c"]
-        assert len({thread for _, thread in ran}) == 1
-        clock.advance(WIDE_SLOT - SLOT)
-        marker = threading.Event()
-        s.call_at(clock(), marker.set)
-        assert marker.wait(5)
-        assert len(ran) == 3  # the next wide slot has not begun
+        assert len(ran) == 3  # the next slot has not begun
         clock.advance(SLOT)
         wait_until(lambda: len(ran) == 4)
     finally:

@@ -207,11 +207,12 @@ class CircuitBreakers:
         ``wake_at`` has not come (:meth:`generation` would half-open a breaker
         then), or, without a record, while :attr:`added` stays the same."""
         added = self.added  # before the lookup: a record made after it changes it
-        services = self._by_namespace.get(namespace)
-        found = None if services is None else services.get(service)
+        found = self.get(namespace, service)
         if found is None:
             return None, added
-        return found, self.generation(namespace, service)
+        if found.wake_at != _INF and self.clock() >= found.wake_at:
+            self._wake(found)  # as generation() does
+        return found, found.generation
 
     def generation(self, namespace: str, service: str) -> int:
         """Changes whenever what :meth:`admit` answers for the service may change."""
