@@ -42,6 +42,8 @@ class Endpoint(Generic[T]):
     """The address answered since it was created or last marked down."""
     down_until: float = 0.0
     down_since: float = 0.0
+    down_reason: str = ""
+    """Why it was last marked down (kept after it answers again)."""
 
 
 class Endpoints(Generic[T]):
@@ -84,6 +86,8 @@ class Endpoints(Generic[T]):
         with self._lock:
             already = ep.down_until > now
             ep.ready = False
+            if not already:
+                ep.down_reason = reason  # an outage keeps the reason it began with
             ep.down_since = now
             ep.down_until = now + self._failback
         if not already and len(self._all) > 1:

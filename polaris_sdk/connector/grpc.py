@@ -12,6 +12,11 @@ Contract:
   used; after that interval the earlier address is preferred again.
   ``connectTimeout`` bounds each TCP connection attempt (gRPC's minimum
   connect timeout); no thread watches the channels.
+* A unary call sent while every address is marked down waits, within its
+  attempt's deadline, for its channel to connect (gRPC's wait-for-ready)
+  instead of failing at once on the channel's reconnect backoff: a call
+  made just after a server restart is answered once the channel
+  reconnects, not refused for the rest of the backoff.
 * Every call has a deadline (``timeout`` or ``global.api.timeout``) that
   covers connecting, failover and retries; one unary attempt lasts at most
   ``messageTimeout``, one Discover exchange at most until the deadline.
@@ -87,6 +92,7 @@ __all__ = [
     "channel_options",
     "map_rpc_error",
     "note_failure",
+    "unary_error",
 ]
 
 logger = logging.getLogger("polaris_sdk.connector.grpc")
@@ -241,11 +247,31 @@ _Endpoint = Endpoint[_Channel]
 
 def note_failure(endpoints: Endpoints[Any], ep: Endpoint[Any], err: grpc.RpcError | None) -> None:
     """Mark ``ep`` down when ``err`` says it cannot be reached (None: no answer in time)."""
-    code = _status(err) if err is not None else None
-    if code is grpc.StatusCode.UNAVAILABLE:
-        endpoints.mark_down(ep, "unavailable")
-    elif code is grpc.StatusCode.DEADLINE_EXCEEDED or err is None:
+    if err is None:
         endpoints.no_answer(ep)
+        return
+    code = _status(err)
+    if code is grpc.StatusCode.UNAVAILABLE:
+        endpoints.mark_down(ep, f"UNAVAILABLE: {_details(err) or 'no details'}")
+    elif code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        endpoints.no_answer(ep)
+
+
+def unary_error(
+    endpoints: Endpoints[Any], ep: Endpoint[Any], err: grpc.RpcError, waited: bool
+) -> PolarisError:
+    """Note a failed unary call on ``ep`` and say what failed.
+
+    ``waited``: the call waited for its channel to connect (``ep`` was down),
+    so a missed deadline also names why ``ep`` was down.
+    """
+    note_failure(endpoints, ep, err)
+    if waited and _status(err) is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return PolarisTimeoutError(
+            f"{ep.address}: not connected or no answer within the deadline; "
+            f"down since {ep.down_reason}"
+        )
+    return map_rpc_error(err, ep.address)
 
 
 class _Waiter:
@@ -578,9 +604,10 @@ class GrpcTransport(GrpcSettings[_Channel]):
         if call.is_discover:
             return self._discover_stream.exchange(call.request, time.monotonic() + timeout)
         ep = self.endpoints.pick()
-        with self._unary_errors(ep):
+        waits = self.endpoints.is_down(ep)
+        with self._unary_errors(ep, waits):
             resp = ep.handle.unary(call.method)(
-                call.request, timeout=timeout, metadata=self.metadata()
+                call.request, timeout=timeout, metadata=self.metadata(), wait_for_ready=waits
             )
         self.endpoints.mark_up(ep)
         return resp
@@ -591,13 +618,14 @@ class GrpcTransport(GrpcSettings[_Channel]):
         if call.is_discover:
             return self._discover_stream.begin(call.request, time.monotonic() + timeout)
         ep = self.endpoints.pick()
-        with self._unary_errors(ep):
+        waits = self.endpoints.is_down(ep)
+        with self._unary_errors(ep, waits):
             future = ep.handle.unary(call.method).future(
-                call.request, timeout=timeout, metadata=self.metadata()
+                call.request, timeout=timeout, metadata=self.metadata(), wait_for_ready=waits
             )
 
         def wait() -> Any:
-            with self._unary_errors(ep):
+            with self._unary_errors(ep, waits):
                 resp = future.result()
             self.endpoints.mark_up(ep)
             return resp
@@ -605,13 +633,12 @@ class GrpcTransport(GrpcSettings[_Channel]):
         return wait
 
     @contextlib.contextmanager
-    def _unary_errors(self, ep: _Endpoint) -> Iterator[None]:
+    def _unary_errors(self, ep: _Endpoint, waited: bool) -> Iterator[None]:
         """Map what grpc raises for a unary call on ``ep`` to PolarisError."""
         try:
             yield
         except grpc.RpcError as err:
-            note_failure(self.endpoints, ep, err)
-            raise map_rpc_error(err, ep.address) from None
+            raise unary_error(self.endpoints, ep, err, waited) from None
         except ValueError as err:
             # grpc raises ValueError on a channel closed by a concurrent close().
             if self._closed:

@@ -47,7 +47,13 @@ from polaris_sdk.config import Configuration
 from polaris_sdk.connector.awaiting import Later
 from polaris_sdk.connector.calls import Call
 from polaris_sdk.connector.failover import Endpoint
-from polaris_sdk.connector.grpc import GrpcSettings, map_rpc_error, note_failure, too_large
+from polaris_sdk.connector.grpc import (
+    GrpcSettings,
+    map_rpc_error,
+    note_failure,
+    too_large,
+    unary_error,
+)
 from polaris_sdk.errors import (
     ClosedError,
     ConfigError,
@@ -405,17 +411,17 @@ class AioGrpcTransport(GrpcSettings[_AioChannel]):
         if call.is_discover:
             return self._stream.begin(call.request, timeout)
         ep = self.endpoints.pick()
+        waits = self.endpoints.is_down(ep)
         started = ep.handle.unary(call.method)(
-            call.request, timeout=timeout, metadata=self.metadata()
+            call.request, timeout=timeout, metadata=self.metadata(), wait_for_ready=waits
         )
-        return Later(self._unary_answer, ep, started)
+        return Later(self._unary_answer, ep, started, waits)
 
-    async def _unary_answer(self, ep: Endpoint[_AioChannel], started: Any) -> Any:
+    async def _unary_answer(self, ep: Endpoint[_AioChannel], started: Any, waited: bool) -> Any:
         try:
             resp = await started
         except grpc.RpcError as err:
-            note_failure(self.endpoints, ep, err)
-            raise map_rpc_error(err, ep.address) from None
+            raise unary_error(self.endpoints, ep, err, waited) from None
         self.endpoints.mark_up(ep)
         return resp
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -18,7 +19,8 @@ from polaris_sdk import (
     ResourceNotFoundError,
     ServiceKey,
 )
-from polaris_sdk.connector import GrpcConnector
+from polaris_sdk.config import Configuration
+from polaris_sdk.connector import GrpcConnector, create_async_connector
 from polaris_sdk.connector.retry import is_retriable
 from polaris_sdk.errors import (
     AuthError,
@@ -30,6 +32,7 @@ from polaris_sdk.server import PolarisServer
 from polaris_sdk.server.auth import Action
 from polaris_sdk.validation import instance_id
 from tests.connector.servers import RecordingAuthorizer, fast_config, unused_port
+from tests.frontends import FRONTS, Blocking, LoopThread
 from tests.support import wait_until
 
 ECHO = ServiceKey("default", "echo")
@@ -37,9 +40,11 @@ DEADLINE_GRACE = 1.0
 """Scheduling slack allowed past a call's deadline before it counts as a hang."""
 
 
-def register(connector: GrpcConnector, port: int = 8080, ttl: int | None = 5) -> str:
+def register(
+    connector: Any, port: int = 8080, ttl: int | None = 5, timeout: float | None = None
+) -> str:
     req = InstanceRegisterRequest(service="echo", host="127.0.0.1", port=port, ttl=ttl)
-    return connector.register_instance(req, ttl).instance_id
+    return str(connector.register_instance(req, ttl, timeout=timeout).instance_id)
 
 
 def test_register_discover_heartbeat_deregister(connector: GrpcConnector) -> None:
@@ -353,3 +358,69 @@ def test_every_call_has_a_deadline_even_without_a_timeout_argument(
         c.close()
     # The configured deadline: not messageTimeout (1 s) alone, and not forever.
     assert api_timeout - 0.1 <= elapsed < api_timeout + DEADLINE_GRACE, elapsed
+
+
+# ------------------------------------------------- a channel in its backoff
+
+ONE_ATTEMPT = {"global.api.maxRetryTimes": 0, "global.serverConnector.messageTimeout": "10s"}
+"""No retries: what one attempt does is what the call does."""
+
+
+def _connector(front: str, config: Configuration, request: pytest.FixtureRequest) -> Any:
+    """A gRPC connector of ``front``, called as a blocking one (closed by the caller)."""
+    if front == "sync":
+        return GrpcConnector(config)
+    loop: LoopThread = request.getfixturevalue("event_loop_thread")
+
+    async def make() -> Any:
+        return create_async_connector(config)
+
+    return Blocking(loop.run(make()), loop)
+
+
+def _refused_for_a_while(connector: Any, seconds: float) -> None:
+    """Calls on a server that is down, for ``seconds``: the channel's reconnect
+    backoff grows to its longest (gRPC's own timer; nothing here waits on it)."""
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        with pytest.raises(NetworkError):
+            register(connector, 9, timeout=0.3)
+
+
+@pytest.mark.parametrize("front", FRONTS)
+def test_one_attempt_just_after_a_restart_waits_for_the_channel_to_connect(
+    front: str, no_thread_leak: None, request: pytest.FixtureRequest
+) -> None:
+    server = PolarisServer(grpc_port=0).start()
+    connector = _connector(front, fast_config(server.grpc_address, **ONE_ATTEMPT), request)
+    try:
+        register(connector, 1)
+        server.stop()
+        _refused_for_a_while(connector, 3.0)
+        server.start()
+        # The channel is still in its backoff (up to 2 s): the one attempt waits
+        # for it to connect instead of failing on it.
+        assert register(connector, 2)
+    finally:
+        connector.close()
+        server.stop()
+
+
+@pytest.mark.parametrize("front", FRONTS)
+def test_a_wait_for_a_down_address_ends_by_naming_why_it_is_down(
+    front: str, no_thread_leak: None, request: pytest.FixtureRequest
+) -> None:
+    config = fast_config(
+        f"127.0.0.1:{unused_port()}",
+        **{**ONE_ATTEMPT, "global.serverConnector.messageTimeout": "300ms"},
+    )
+    connector = _connector(front, config, request)
+    try:
+        with pytest.raises(NetworkError, match="UNAVAILABLE") as refused:
+            register(connector)
+        assert not isinstance(refused.value, PolarisTimeoutError)  # refused: at once
+        with pytest.raises(PolarisTimeoutError) as waited:
+            register(connector)
+        assert "down since UNAVAILABLE" in str(waited.value)
+    finally:
+        connector.close()

@@ -297,6 +297,9 @@ def test_unwatch_stops_events(consumer: ConsumerAPI, provider: ProviderAPI) -> N
 # --------------------------------------------------------- server failures
 
 
+# A call just after the restart waits for the channel's reconnect backoff (up to
+# 2.4 s after a long outage): the calls of this test get the time for it.
+@pytest.mark.parametrize("facade_settings", [{"global.api.timeout": "10s"}])
 def test_server_down_keeps_the_last_snapshot_and_recovers(
     server: PolarisServer, consumer: ConsumerAPI, provider: ProviderAPI
 ) -> None:

@@ -6,6 +6,7 @@ register the same instance; a test signals them one by one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -55,7 +56,9 @@ class Workers:
     def close(self) -> None:
         for pid in self.pids:
             if not self.gone(pid):
-                os.kill(pid, signal.SIGKILL)
+                # It may end and be reaped by its parent between the check and the kill.
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         self.proc.wait(timeout=15)
 
 
