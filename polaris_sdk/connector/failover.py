@@ -79,7 +79,8 @@ class Endpoints(Generic[T]):
 
     def is_down(self, ep: Endpoint[T]) -> bool:
         """Whether ``ep`` is marked down now."""
-        return ep.down_until > time.monotonic()
+        until = ep.down_until
+        return bool(until) and until > time.monotonic()  # no clock read while it is up
 
     def mark_down(self, ep: Endpoint[T], reason: str) -> None:
         now = time.monotonic()
