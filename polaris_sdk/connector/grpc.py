@@ -580,6 +580,12 @@ class GrpcSettings(Generic[C]):
             md += (("x-polaris-token", self._token),)
         return md
 
+    def pick_unary(self) -> tuple[Endpoint[C], bool]:
+        """The endpoint for a unary call, and whether the call waits for its
+        channel to connect (only when every address is marked down)."""
+        ep = self.endpoints.pick()
+        return ep, self.endpoints.is_down(ep)
+
 
 class GrpcTransport(GrpcSettings[_Channel]):
     """Moves naming calls over ``v1.PolarisGRPC`` (the blocking gRPC API); thread-safe."""
@@ -603,8 +609,7 @@ class GrpcTransport(GrpcSettings[_Channel]):
     def exchange(self, call: Call, timeout: float) -> Any:
         if call.is_discover:
             return self._discover_stream.exchange(call.request, time.monotonic() + timeout)
-        ep = self.endpoints.pick()
-        waits = self.endpoints.is_down(ep)
+        ep, waits = self.pick_unary()
         with self._unary_errors(ep, waits):
             resp = ep.handle.unary(call.method)(
                 call.request, timeout=timeout, metadata=self.metadata(), wait_for_ready=waits
@@ -617,8 +622,7 @@ class GrpcTransport(GrpcSettings[_Channel]):
         function returned waits for the answer, raising what :meth:`exchange` would."""
         if call.is_discover:
             return self._discover_stream.begin(call.request, time.monotonic() + timeout)
-        ep = self.endpoints.pick()
-        waits = self.endpoints.is_down(ep)
+        ep, waits = self.pick_unary()
         with self._unary_errors(ep, waits):
             future = ep.handle.unary(call.method).future(
                 call.request, timeout=timeout, metadata=self.metadata(), wait_for_ready=waits

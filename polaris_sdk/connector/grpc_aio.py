@@ -410,8 +410,7 @@ class AioGrpcTransport(GrpcSettings[_AioChannel]):
             )
         if call.is_discover:
             return self._stream.begin(call.request, timeout)
-        ep = self.endpoints.pick()
-        waits = self.endpoints.is_down(ep)
+        ep, waits = self.pick_unary()
         started = ep.handle.unary(call.method)(
             call.request, timeout=timeout, metadata=self.metadata(), wait_for_ready=waits
         )

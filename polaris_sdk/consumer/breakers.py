@@ -210,18 +210,15 @@ class CircuitBreakers:
         found = self.get(namespace, service)
         if found is None:
             return None, added
-        if found.wake_at != _INF and self.clock() >= found.wake_at:
-            self._wake(found)  # as generation() does
-        return found, found.generation
+        return found, self._generation_of(found)
 
     def generation(self, namespace: str, service: str) -> int:
         """Changes whenever what :meth:`admit` answers for the service may change."""
-        services = self._by_namespace.get(namespace)
-        if services is None:
-            return 0
-        found = services.get(service)
-        if found is None:
-            return 0
+        found = self.get(namespace, service)
+        return 0 if found is None else self._generation_of(found)
+
+    def _generation_of(self, found: ServiceBreakers) -> int:
+        """``found``'s generation, after half-opening what its ``wake_at`` says is due."""
         if found.wake_at != _INF and self.clock() >= found.wake_at:
             self._wake(found)
         return found.generation
